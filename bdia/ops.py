@@ -1,0 +1,313 @@
+"""The engine's high-level operations: ``invert``, ``regenerate``, ``sample`` and ``roundtrip``.
+
+Each one builds a level grid and a denoiser for a loaded model, runs a walk from
+``bdia.sampling`` and packages the result. They are what the CLI and the worker call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from . import imaging, numerics
+from .denoiser import Denoiser
+from .errors import InvalidParameter
+from .grid import LevelGrid
+from .inversion import STATE_DTYPES, Inversion, InversionParams
+from .models import DiffusionModel
+from .sampling import (
+    DEFAULT_GAMMA_BOUND,
+    Guide,
+    Progress,
+    bdia_invert,
+    bdia_sample,
+    check_gamma,
+    ddim_invert,
+    ddim_sample,
+    edict_invert,
+    edict_sample,
+    lattice_for,
+    nfe,
+    run,
+)
+
+Callback = Callable[[Progress], None] | None
+Cancel = Callable[[], bool] | None
+ImageLike = Image.Image | bytes | str | Path
+
+
+@dataclass
+class Regeneration:
+    """An inversion regenerated under a prompt: the clean latent, its image, and how exact it was."""
+
+    z0: torch.Tensor
+    image: Image.Image
+    nfe: int
+    seconds: float
+    latent_max_abs_error: float
+    fingerprint: dict[str, str]
+    fingerprint_match: bool
+    exact: bool
+
+
+@dataclass
+class Sample:
+    """A sample from noise: the clean latent z0 (UNet latent space), its image and the final pair."""
+
+    z0: torch.Tensor
+    image: Image.Image
+    pair: tuple[torch.Tensor, torch.Tensor]
+    nfe: int
+    seconds: float
+
+
+def _denoiser(model: DiffusionModel, grid: LevelGrid, prompt: str, guidance_scale: float, negative: str,
+              exact: bool) -> Denoiser:
+    if exact:
+        numerics.configure_determinism(model)
+    return Denoiser(model, grid, prompt, guidance_scale=guidance_scale, negative_prompt=negative)
+
+
+def _fingerprint(model: DiffusionModel, denoiser: Denoiser) -> dict[str, str]:
+    layout = denoiser.layout
+    return numerics.fingerprint(model, batch_size=layout["batch_size"], slot=layout["slot"])
+
+
+def invert(
+    model: DiffusionModel,
+    image: ImageLike,
+    prompt: str = "",
+    *,
+    steps: int = 50,
+    strength: float = 1.0,
+    guidance_scale: float = 1.0,
+    gamma: float = 1.0,
+    exact: bool = True,
+    method: str = "bdia",
+    negative_prompt: str = "",
+    state_dtype: str = "float64",
+    gamma_bound: float = DEFAULT_GAMMA_BOUND,
+    keep_trajectory: bool = True,
+    callback: Callback = None,
+    cancel: Cancel = None,
+) -> Inversion:
+    """Invert an image (fit to the model's size) into its latent pair at level round(steps·strength)."""
+    params = InversionParams(
+        model=model.name, prompt=prompt, negative_prompt=negative_prompt, steps=steps, strength=strength,
+        guidance_scale=guidance_scale, gamma=gamma, exact=exact, method=method, state_dtype=state_dtype,
+    ).validate(gamma_bound)
+    picture = imaging.fit_to_model(imaging.load_image(image), model.height, model.width)
+    z0 = imaging.encode(model, picture)
+    return invert_latent(model, z0, params, keep_trajectory=keep_trajectory, callback=callback, cancel=cancel)
+
+
+def invert_latent(
+    model: DiffusionModel,
+    z0: torch.Tensor,
+    params: InversionParams,
+    *,
+    keep_trajectory: bool = True,
+    callback: Callback = None,
+    cancel: Cancel = None,
+) -> Inversion:
+    """Invert a clean latent ``z0`` ([1, C, h, w], the UNet's latent space) under validated ``params``."""
+    started = time.perf_counter()
+    grid = LevelGrid.from_scheduler(model.scheduler, params.steps)
+    lattice = params.lattice()
+    levels = params.levels
+    denoiser = _denoiser(model, grid, params.prompt, params.guidance_scale, params.negative_prompt, params.exact)
+    z0 = lattice.encode(z0.to(model.device))
+    start = lattice.decode(z0)
+    trajectory: list[torch.Tensor] | None = [] if keep_trajectory and params.method == "bdia" else None
+    if params.method == "bdia":
+        walk = bdia_invert(grid, start, levels=levels, gamma=params.gamma, lattice=lattice, trajectory=trajectory)
+    elif params.method == "edict":
+        walk = edict_invert(grid, start, levels=levels)
+    else:
+        walk = ddim_invert(grid, start, levels=levels)
+    result = run(walk, denoiser, total=nfe(params.method, levels, "invert"), stage="invert",
+                 callback=callback, cancel=cancel)
+    z_hi, z_lo = result if isinstance(result, tuple) else (result, result)
+    return Inversion(
+        params=params, z_hi=z_hi, z_lo=z_lo, z0=z0, fingerprint=_fingerprint(model, denoiser),
+        nfe=denoiser.nfe, seconds=time.perf_counter() - started,
+        trajectory=None if trajectory is None else torch.stack(trajectory).squeeze(1),
+    )
+
+
+def latent_mask(mask: ImageLike | torch.Tensor, model: DiffusionModel) -> torch.Tensor:
+    """A mask image (white = may change) as a boolean [1, 1, h, w] tensor at latent resolution."""
+    if isinstance(mask, torch.Tensor):
+        m = mask.to(torch.float32).reshape(1, 1, *mask.shape[-2:])
+        m = torch.nn.functional.interpolate(m, size=tuple(model.latent_shape[1:]), mode="area")
+    else:
+        picture = imaging.fit_to_model(imaging.load_image(mask), model.height, model.width).convert("L")
+        h, w = model.latent_shape[1:]
+        small = picture.resize((w, h), Image.Resampling.BOX)
+        m = torch.tensor(list(small.getdata()), dtype=torch.float32).reshape(1, 1, h, w) / 255.0
+    return (m > 0.5).to(model.device)
+
+
+def _mask_guide(inversion: Inversion, mask: torch.Tensor) -> Guide:
+    """Keep every level's state outside the mask on the source trajectory (SPEC §5 makes it exact)."""
+    if inversion.trajectory is None:
+        raise InvalidParameter("a masked edit needs an inversion that kept its trajectory (BDIA, keep_trajectory)")
+    trajectory = inversion.trajectory.to(mask.device)
+    return lambda level, state: torch.where(mask, state, trajectory[level].unsqueeze(0))
+
+
+def regenerate(
+    model: DiffusionModel,
+    inversion: Inversion,
+    prompt: str | None = None,
+    *,
+    guidance_scale: float | None = None,
+    negative_prompt: str | None = None,
+    mask: ImageLike | torch.Tensor | None = None,
+    callback: Callback = None,
+    cancel: Cancel = None,
+) -> Regeneration:
+    """Regenerate from the inversion's pair under ``prompt`` (``None``: the source prompt, a reconstruction).
+
+    With the source prompt, the same guidance and a matching numerics fingerprint, exact mode gives
+    the source latent back bit for bit. ``mask`` (white = may change) keeps the rest of the latent
+    on the source trajectory at every level.
+    """
+    started = time.perf_counter()
+    params = inversion.params
+    if params.model != model.name:
+        raise InvalidParameter(f"this inversion was made with model {params.model!r}, not {model.name!r}")
+    inversion = inversion.to(model.device)
+    grid = LevelGrid.from_scheduler(model.scheduler, params.steps)
+    lattice = params.lattice()
+    denoiser = _denoiser(
+        model, grid,
+        params.prompt if prompt is None else prompt,
+        params.guidance_scale if guidance_scale is None else guidance_scale,
+        params.negative_prompt if negative_prompt is None else negative_prompt,
+        params.exact,
+    )
+    levels = params.levels
+    guide = None if mask is None else _mask_guide(inversion, latent_mask(mask, model))
+    if params.method == "bdia":
+        walk = bdia_sample(grid, inversion.z_hi, inversion.z_lo, start=levels, gamma=params.gamma,
+                           lattice=lattice, guide=guide)
+    elif guide is not None:
+        raise InvalidParameter("masked edits need a BDIA inversion")
+    elif params.method == "edict":
+        walk = edict_sample(grid, inversion.z_hi, inversion.z_lo, start=levels)
+    else:
+        walk = ddim_sample(grid, inversion.z_hi, start=levels)
+    result = run(walk, denoiser, total=nfe(params.method, levels, "sample"), stage="regenerate",
+                 callback=callback, cancel=cancel)
+    state = result[1] if params.method == "bdia" else result[0] if isinstance(result, tuple) else result
+    z0 = lattice.decode(state)
+    fingerprint = _fingerprint(model, denoiser)
+    match = numerics.fingerprint_id(fingerprint) == inversion.fingerprint_id
+    error = float((z0.double() - lattice.decode(inversion.z0).double()).abs().max())
+    return Regeneration(
+        z0=z0, image=imaging.decode(model, z0), nfe=denoiser.nfe, seconds=time.perf_counter() - started,
+        latent_max_abs_error=error, fingerprint=fingerprint, fingerprint_match=match,
+        exact=params.fixed_point and match,
+    )
+
+
+def initial_noise(model: DiffusionModel, seed: int, height: int | None = None, width: int | None = None
+                  ) -> torch.Tensor:
+    """z_N drawn exactly as diffusers' pipelines draw it from a CPU ``torch.Generator``."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    height, width = height or model.height, width or model.width
+    f = model.vae_scale_factor
+    if height % f or width % f:
+        raise InvalidParameter(f"height and width must be multiples of {f} for this model, got {height}×{width}")
+    shape = (1, model.latent_shape[0], height // f, width // f)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    noise = randn_tensor(shape, generator=generator, device=model.device, dtype=model.dtype)
+    return noise * model.scheduler.init_noise_sigma
+
+
+def sample(
+    model: DiffusionModel,
+    prompt: str = "",
+    *,
+    seed: int = 0,
+    steps: int = 50,
+    gamma: float = 1.0,
+    guidance_scale: float = 7.5,
+    negative_prompt: str = "",
+    height: int | None = None,
+    width: int | None = None,
+    exact: bool = False,
+    state_dtype: str = "float64",
+    callback: Callback = None,
+    cancel: Cancel = None,
+) -> Sample:
+    """Sample from noise with BDIA (γ = 0 is plain DDIM, identical to diffusers' DDIM pipeline)."""
+    started = time.perf_counter()
+    if state_dtype not in STATE_DTYPES:
+        raise InvalidParameter(f"state_dtype must be float64 or float32, got {state_dtype!r}")
+    check_gamma(gamma, steps, inverting=False)
+    grid = LevelGrid.from_scheduler(model.scheduler, steps)
+    lattice = lattice_for(exact, gamma, STATE_DTYPES[state_dtype])
+    denoiser = _denoiser(model, grid, prompt, guidance_scale, negative_prompt, exact)
+    z_n = lattice.encode(initial_noise(model, seed, height, width))
+    pair = run(bdia_sample(grid, z_n, gamma=gamma, lattice=lattice), denoiser, total=steps,
+               stage="sample", callback=callback, cancel=cancel)
+    z0 = lattice.decode(pair[1])
+    return Sample(z0=z0, image=imaging.decode(model, z0), pair=pair, nfe=denoiser.nfe,
+                  seconds=time.perf_counter() - started)
+
+
+def roundtrip(
+    model: DiffusionModel,
+    *,
+    method: str = "bdia",
+    steps: int = 50,
+    gamma: float = 1.0,
+    exact: bool = True,
+    state_dtype: str = "float64",
+    seed: int = 0,
+    prompt: str = "",
+    guidance_scale: float = 1.0,
+    callback: Callback = None,
+) -> dict[str, Any]:
+    """Invert a latent and regenerate it; report the error of the recovered latent.
+
+    The latent is a sample of the model itself (plain DDIM, ``seed``), so the round trip runs
+    on the kind of latent the model produces. Its own sampling cost is not counted.
+    """
+    z0 = sample(model, prompt, seed=seed, steps=steps, gamma=0.0, guidance_scale=guidance_scale).z0
+    params = InversionParams(model=model.name, prompt=prompt, steps=steps, guidance_scale=guidance_scale,
+                             gamma=gamma, exact=exact, method=method, state_dtype=state_dtype)
+    params.validate()
+    started = time.perf_counter()
+    inversion = invert_latent(model, z0, params, keep_trajectory=False, callback=callback)
+    regen = regenerate(model, inversion, callback=callback)
+    seconds = time.perf_counter() - started
+    reference = inversion.lattice.decode(inversion.z0).double()
+    error = regen.z0.double() - reference
+    return {
+        "method": method,
+        "steps": steps,
+        "gamma": gamma,
+        "exact": params.fixed_point,
+        "state": "fixed-point" if params.fixed_point else ("float64" if exact else state_dtype),
+        "nfe": inversion.nfe + regen.nfe,
+        "max_abs_error": float(error.abs().max()),
+        "rel_error": float(error.norm() / reference.norm()),
+        "bit_exact": bool(torch.equal(regen.z0.double(), reference)),
+        "latent_std": inversion.latent_std,
+        "seconds": seconds,
+        "fingerprint_id": inversion.fingerprint_id,
+    }
+
+
+__all__ = ["Regeneration", "Sample", "invert", "invert_latent", "regenerate", "roundtrip",
+           "sample", "initial_noise", "latent_mask"]
