@@ -309,5 +309,14 @@ def roundtrip(
     }
 
 
-__all__ = ["Regeneration", "Sample", "invert", "invert_latent", "regenerate", "roundtrip",
-           "sample", "initial_noise", "latent_mask"]
+__all__ = [
+    "Regeneration",
+    "Sample",
+    "initial_noise",
+    "invert",
+    "invert_latent",
+    "latent_mask",
+    "regenerate",
+    "roundtrip",
+    "sample",
+]
