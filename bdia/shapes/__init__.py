@@ -1,0 +1,39 @@
+"""Shapes: a procedural scene dataset, a pixel-statistics classifier and a small text-to-image model.
+
+``scenes`` draws captioned scenes of coloured shapes and single-attribute edits of them;
+``classifier`` recognises the objects of an image; ``train`` trains the default ``shapes`` model.
+"""
+
+from .classifier import DetectedObject, Detection, compare, detect, validate
+from .scenes import (
+    BACKGROUNDS,
+    COLOURS,
+    EDIT_KINDS,
+    KINDS,
+    Edit,
+    Scene,
+    Shape,
+    edit_benchmark,
+    edit_scene,
+    random_scene,
+    scene_rng,
+)
+
+__all__ = [
+    "BACKGROUNDS",
+    "COLOURS",
+    "EDIT_KINDS",
+    "KINDS",
+    "DetectedObject",
+    "Detection",
+    "Edit",
+    "Scene",
+    "Shape",
+    "compare",
+    "detect",
+    "edit_benchmark",
+    "edit_scene",
+    "random_scene",
+    "scene_rng",
+    "validate",
+]
