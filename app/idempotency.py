@@ -1,0 +1,61 @@
+"""``Idempotency-Key`` for POST endpoints: the same key and body replay the original response.
+
+The first request with a key stores a placeholder, runs, and stores its successful response for
+``idempotency_ttl_s``. A repeat with the same body gets that response again; with another body,
+422 ``idempotency_key_reused``; while the first is still running, 409 ``idempotency_in_progress``.
+Error responses are not stored: a client may fix its request and retry under the same key.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+
+from .deps import Services
+from .problems import Problem
+
+HEADER = "Idempotency-Key"
+MAX_KEY_CHARS = 255
+
+
+async def idempotent(
+    request: Request, services: Services, fingerprint: str, respond: Callable[[], Awaitable[Response]]
+) -> Response:
+    """Run ``respond`` at most once per (path, key); ``fingerprint`` identifies the request body."""
+    key = request.headers.get(HEADER)
+    if key is None:
+        return await respond()
+    if not key or len(key) > MAX_KEY_CHARS:
+        raise Problem(422, "invalid_parameter", f"{HEADER} must be 1 to {MAX_KEY_CHARS} characters")
+    redis, ttl = services.redis, services.settings.idempotency_ttl_s
+    slot = services.keys.idempotency(request.url.path, key)
+    if await redis.set(slot, json.dumps({"fingerprint": fingerprint}), nx=True, ex=ttl):
+        try:
+            response = await respond()
+        except BaseException:
+            await redis.delete(slot)
+            raise
+        if 200 <= response.status_code < 300 and isinstance(response, JSONResponse):
+            stored = {"fingerprint": fingerprint, "status": response.status_code, "body": json.loads(response.body)}
+            await redis.set(slot, json.dumps(stored), ex=ttl)
+        else:
+            await redis.delete(slot)
+        return response
+    stored = json.loads(await redis.get(slot) or "{}")
+    if stored.get("fingerprint") != fingerprint:
+        raise Problem(
+            422,
+            "idempotency_key_reused",
+            f"{HEADER} {key!r} was already used with a different request body",
+        )
+    if "status" not in stored:
+        raise Problem(
+            409,
+            "idempotency_in_progress",
+            f"a request with {HEADER} {key!r} is still being processed",
+            headers={"Retry-After": "1"},
+        )
+    return JSONResponse(stored["body"], stored["status"], headers={"Idempotent-Replayed": "true"})

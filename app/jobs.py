@@ -1,0 +1,373 @@
+"""The job schema and ``JobQueue``: jobs as Redis hashes, queued on Redis Streams with a consumer group.
+
+One stream per model holds the ids of jobs waiting for that model's workers. Delivery is
+at-least-once: a worker reads a job with XREADGROUP, holds it as long as it keeps renewing its
+lease (the entry's idle time in the group's pending list, reset by an ownership-checked XCLAIM),
+and acknowledges it only after the job's outcome is stored. A job whose worker stopped renewing
+is reclaimed with XAUTOCLAIM; after ``max_deliveries`` deliveries it goes to the dead-letter
+stream. Every status change is one Lua script, so it is atomic with the event it publishes.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from .keys import GROUP, Keys
+from .settings import Settings
+
+JobKind = Literal["invert", "edit", "reconstruct"]
+JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+EventName = Literal["queued", "started", "progress", "cache_hit", "succeeded", "failed", "canceled"]
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
+
+
+def new_job_id() -> str:
+    return f"job_{secrets.token_hex(12)}"
+
+
+class Job(BaseModel):
+    """The stored job record. ``app.schemas.JobOut`` is what clients see of it."""
+
+    id: str = Field(default_factory=new_job_id)
+    kind: JobKind
+    status: JobStatus = "queued"
+    model: str
+    inversion_id: str
+    params: dict[str, Any]
+    """The request's parameters as validated, defaults filled in."""
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    """What the worker needs beyond ``params`` (e.g. the mask's blob hash); not shown to clients."""
+    created_at: float = Field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    progress: dict[str, Any] | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    message_id: str | None = None
+    worker: str | None = None
+    attempts: int = 0
+    cancel_requested: bool = False
+
+    @property
+    def done(self) -> bool:
+        return self.status in TERMINAL
+
+    def to_hash(self) -> dict[str, str]:
+        """Each field JSON-encoded, so a hash round-trips every type (and Lua can decode any field)."""
+        return {name: json.dumps(value) for name, value in self.model_dump().items()}
+
+    @classmethod
+    def from_hash(cls, fields: dict[bytes, bytes] | dict[str, str]) -> Job:
+        return cls.model_validate({_text(k): json.loads(v) for k, v in fields.items()})
+
+
+class Event(BaseModel):
+    """One entry of a job's event stream; ``id`` is the stream id (SSE ``id:``, for ``Last-Event-ID``)."""
+
+    id: str
+    event: EventName
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A job handed to a worker: its stream entry and how many times it has been delivered."""
+
+    job_id: str
+    message_id: str
+    deliveries: int
+
+
+# --- Lua: every status change is atomic with its event ----------------------------------------
+
+_TRANSITION = """
+-- KEYS: job, events, result.  ARGV: allowed statuses ',a,b,', event, event data, ttl, field, value, ...
+local raw = redis.call('HGET', KEYS[1], 'status')
+if not raw then return -1 end
+if not string.find(ARGV[1], ',' .. cjson.decode(raw) .. ',', 1, true) then return 0 end
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if ARGV[2] ~= '' then redis.call('XADD', KEYS[2], '*', 'event', ARGV[2], 'data', ARGV[3]) end
+local ttl = tonumber(ARGV[4])
+if ttl > 0 then
+  for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ttl) end
+end
+return 1
+"""
+
+_ENQUEUE = """
+-- KEYS: job, events, queue.  ARGV: job id, ttl, event data, field, value, ...
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local mid = redis.call('XADD', KEYS[3], '*', 'job', ARGV[1])
+redis.call('HSET', KEYS[1], 'message_id', cjson.encode(mid))
+redis.call('XADD', KEYS[2], '*', 'event', 'queued', 'data', ARGV[3])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[2]))
+return mid
+"""
+
+_CANCEL = """
+-- KEYS: job, events, queue.  ARGV: now, ttl.  Returns the status the job has afterwards.
+local raw = redis.call('HGET', KEYS[1], 'status')
+if not raw then return false end
+local status = cjson.decode(raw)
+if status == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', '"canceled"', 'finished_at', ARGV[1], 'cancel_requested', 'true',
+             'progress', 'null')
+  redis.call('XADD', KEYS[2], '*', 'event', 'canceled', 'data', '{"reason":"canceled while queued"}')
+  local mid = cjson.decode(redis.call('HGET', KEYS[1], 'message_id') or 'null')
+  if mid and mid ~= cjson.null then redis.call('XDEL', KEYS[3], mid) end
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[2]))
+  return 'canceled'
+end
+if status == 'running' then redis.call('HSET', KEYS[1], 'cancel_requested', 'true') end
+return status
+"""
+
+_RENEW = """
+-- KEYS: queue.  ARGV: group, message id, consumer.  Renews the lease only if the consumer still holds it.
+local entry = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if #entry == 0 or entry[1][2] ~= ARGV[3] then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID')
+return 1
+"""
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _stream_id(value: str) -> tuple[int, int]:
+    ms, _, seq = value.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class JobQueue:
+    """Jobs of one deployment: the API submits, reads and cancels; workers claim, run and finish."""
+
+    def __init__(self, redis: Redis, settings: Settings, keys: Keys | None = None) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.keys = keys or Keys(settings.key_prefix)
+        self._transition = redis.register_script(_TRANSITION)
+        self._enqueue = redis.register_script(_ENQUEUE)
+        self._cancel = redis.register_script(_CANCEL)
+        self._renew = redis.register_script(_RENEW)
+
+    @property
+    def lease_ms(self) -> int:
+        return int(self.settings.lease_s * 1000)
+
+    # --- both sides -----------------------------------------------------------------------------
+
+    async def ensure_group(self, model: str) -> None:
+        """Create the model's stream and consumer group if they do not exist yet."""
+        try:
+            await self.redis.xgroup_create(self.keys.queue(model), GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def get(self, job_id: str) -> Job | None:
+        fields = await self.redis.hgetall(self.keys.job(job_id))
+        return Job.from_hash(fields) if fields else None
+
+    async def events(self, job_id: str, after: str = "0", block_ms: int | None = None) -> list[Event]:
+        """The job's events after stream id ``after``; with ``block_ms``, wait that long for a first one."""
+        reply = await self.redis.xread({self.keys.events(job_id): after}, block=block_ms)
+        if not reply:
+            return []
+        _, entries = reply[0]
+        return [Event(id=_text(mid), event=_text(f[b"event"]), data=json.loads(f[b"data"])) for mid, f in entries]
+
+    async def result(self, job_id: str) -> bytes | None:
+        return await self.redis.get(self.keys.result(job_id))
+
+    # --- the API's side -------------------------------------------------------------------------
+
+    async def submit(self, job: Job) -> Job:
+        """Store the job and queue it, atomically; returns it with its stream entry id."""
+        fields = job.to_hash()
+        fields.pop("message_id")
+        args: list[Any] = [job.id, self.settings.job_ttl_s, json.dumps({"kind": job.kind})]
+        for name, value in fields.items():
+            args += [name, value]
+        keys = [self.keys.job(job.id), self.keys.events(job.id), self.keys.queue(job.model)]
+        mid = await self._enqueue(keys=keys, args=args)
+        await self.redis.hincrby(self.keys.stats, f'jobs_submitted_total{{kind="{job.kind}"}}', 1)
+        return job.model_copy(update={"message_id": _text(mid)})
+
+    async def depth(self, model: str) -> int:
+        """Jobs in the model's queue that no worker has picked up yet."""
+        queue = self.keys.queue(model)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xlen(queue)
+            pipe.xpending(queue, GROUP)
+            try:
+                length, pending = await pipe.execute()
+            except ResponseError:  # no group yet: nothing was ever queued
+                return 0
+        return max(0, length - pending["pending"])
+
+    async def position(self, job: Job) -> int | None:
+        """1 for the next job a worker will take, 2 for the one after, …; None unless queued."""
+        if job.status != "queued" or not job.message_id:
+            return None
+        queue = self.keys.queue(job.model)
+        groups = await self.redis.xinfo_groups(queue)
+        last = next((_text(g["last-delivered-id"]) for g in groups if _text(g["name"]) == GROUP), "0-0")
+        if _stream_id(job.message_id) <= _stream_id(last):
+            return 1  # delivered and waiting to (re)start
+        ahead = await self.redis.xrange(queue, min=f"({last}", max=job.message_id, count=self.settings.max_queue)
+        return max(1, len(ahead))
+
+    async def cancel(self, job_id: str) -> str | None:
+        """Cancel a queued job now, or ask a running one to stop at its next step. Idempotent.
+
+        Returns the job's status afterwards (None when there is no such job).
+        """
+        job_key = self.keys.job(job_id)
+        model = await self.redis.hget(job_key, "model")
+        if model is None:
+            return None
+        keys = [job_key, self.keys.events(job_id), self.keys.queue(json.loads(model))]
+        status = await self._cancel(keys=keys, args=[json.dumps(time.time()), self.settings.job_ttl_s])
+        if status == b"canceled":
+            await self.redis.hincrby(self.keys.stats, 'jobs_finished_total{status="canceled"}', 1)
+        return None if status is None else _text(status)
+
+    # --- the workers' side ----------------------------------------------------------------------
+
+    async def claim(self, model: str, consumer: str, block_ms: int) -> Delivery | None:
+        """The next job for ``consumer``: first one whose worker's lease expired, else a new one."""
+        queue = self.keys.queue(model)
+        _, reclaimed, *_ = await self.redis.xautoclaim(
+            queue, GROUP, consumer, min_idle_time=self.lease_ms, start_id="0-0", count=1
+        )
+        for mid, fields in reclaimed:
+            if not fields:  # deleted (a job canceled while queued): nothing to run
+                await self.ack(model, _text(mid))
+                continue
+            info = await self.redis.xpending_range(queue, GROUP, mid, mid, 1)
+            deliveries = info[0]["times_delivered"] if info else 1
+            return Delivery(_text(fields[b"job"]), _text(mid), deliveries)
+        reply = await self.redis.xreadgroup(GROUP, consumer, {queue: ">"}, count=1, block=block_ms)
+        for _, entries in reply or []:
+            for mid, fields in entries:
+                return Delivery(_text(fields[b"job"]), _text(mid), 1)
+        return None
+
+    async def renew(self, model: str, message_id: str, consumer: str) -> bool:
+        """Renew ``consumer``'s lease on a job; False when the job is no longer its own."""
+        renewed = await self._renew(keys=[self.keys.queue(model)], args=[GROUP, message_id, consumer])
+        return bool(renewed)
+
+    async def release(self, model: str, message_id: str, consumer: str) -> None:
+        """Give a job back without finishing it: mark its lease expired so any worker reclaims it now."""
+        await self.redis.execute_command(
+            "XCLAIM", self.keys.queue(model), GROUP, consumer, 0, message_id,
+            "IDLE", self.lease_ms * 10, "JUSTID",
+        )  # fmt: skip
+
+    async def ack(self, model: str, message_id: str) -> None:
+        """Done with a stream entry: acknowledge it and drop it from the stream."""
+        queue = self.keys.queue(model)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(queue, GROUP, message_id)
+            pipe.xdel(queue, message_id)
+            await pipe.execute()
+
+    async def start(self, job: Job, worker: str, attempt: int) -> bool:
+        """queued (or running, when reclaimed) → running; False if the job was canceled meanwhile."""
+        now = time.time()
+        return await self._move(
+            job, ("queued", "running"), "started", {"worker": worker, "attempt": attempt},
+            status="running", started_at=now, worker=worker, attempts=attempt, error=None,
+        )  # fmt: skip
+
+    async def progress(self, job_id: str, step: int, total: int, stage: str) -> bool:
+        """Publish a progress event; returns whether the job's cancellation was requested."""
+        progress = {"step": step, "total": total, "stage": stage}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(self.keys.job(job_id), "progress", json.dumps(progress))
+            pipe.xadd(self.keys.events(job_id), {"event": "progress", "data": json.dumps(progress)})
+            pipe.hget(self.keys.job(job_id), "cancel_requested")
+            *_, cancel = await pipe.execute()
+        return cancel == b"true"
+
+    async def publish(self, job_id: str, event: EventName, data: dict[str, Any]) -> None:
+        """An informational event (e.g. ``cache_hit``) that changes nothing in the record."""
+        await self.redis.xadd(self.keys.events(job_id), {"event": event, "data": json.dumps(data)})
+
+    async def finish(
+        self,
+        job: Job,
+        status: Literal["succeeded", "failed", "canceled"],
+        *,
+        result: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None,
+        output: bytes | None = None,
+    ) -> bool:
+        """running → a final status, after storing the output image; then the job expires after its TTL."""
+        if output is not None:
+            await self.redis.set(self.keys.result(job.id), output, ex=self.settings.job_ttl_s)
+        data: dict[str, Any] = {"result": result, "metrics": metrics} if status == "succeeded" else {}
+        if error:
+            data["error"] = error
+        moved = await self._move(
+            job, ("queued", "running"), status, data, ttl=self.settings.job_ttl_s,
+            status=status, finished_at=time.time(), result=result, error=error,
+            metrics=metrics or {}, cancel_requested=job.cancel_requested or status == "canceled",
+        )  # fmt: skip
+        if moved:
+            await self.redis.hincrby(self.keys.stats, f'jobs_finished_total{{status="{status}"}}', 1)
+        return moved
+
+    async def requeue(self, job: Job, error: dict[str, Any]) -> bool:
+        """running → queued after a failed attempt; the job is delivered again (or dead-lettered)."""
+        return await self._move(
+            job, ("running",), "queued", {"reason": error.get("detail", ""), "retry": True},
+            status="queued", worker=None, progress=None, error=error,
+        )  # fmt: skip
+
+    async def dead_letter(self, job: Job, delivery: Delivery) -> None:
+        """Fail a job that was delivered too often, record it in the dead-letter stream, acknowledge it."""
+        last = (job.error or {}).get("detail", "its workers stopped or failed")
+        error = {
+            "code": "max_deliveries_exceeded",
+            "detail": f"gave up after {delivery.deliveries - 1} deliveries; last attempt: {last}",
+        }
+        await self.redis.xadd(
+            self.keys.dead_letter,
+            {"job": job.id, "model": job.model, "deliveries": delivery.deliveries, "error": json.dumps(error)},
+            maxlen=10_000,
+            approximate=True,
+        )
+        await self.finish(job, "failed", error=error)
+        await self.ack(job.model, delivery.message_id)
+
+    async def _move(
+        self,
+        job: Job,
+        allowed: tuple[str, ...],
+        event: str,
+        data: dict[str, Any],
+        *,
+        ttl: int = 0,
+        **fields: Any,
+    ) -> bool:
+        args: list[Any] = [f",{','.join(allowed)},", event, json.dumps(data), ttl]
+        for name, value in fields.items():
+            args += [name, json.dumps(value)]
+        keys = [self.keys.job(job.id), self.keys.events(job.id), self.keys.result(job.id)]
+        return await self._transition(keys=keys, args=args) == 1

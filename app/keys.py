@@ -1,0 +1,94 @@
+"""The Redis key layout: every key the API and the workers touch is named here and nowhere else.
+
+{p}:queue:{model}          stream of job ids for one model's workers (consumer group ``workers``)
+{p}:dead                   dead-letter stream: jobs that failed too many deliveries
+{p}:job:{id}               hash: the job record (``app.jobs.Job``)
+{p}:job:{id}:events        stream: the job's events, replayed to late SSE subscribers
+{p}:job:{id}:result        string: the output PNG
+{p}:inv:{id}               hash: a cached latent pair (safetensors bytes, checksum, metadata)
+{p}:inv:{id}:spec          string: what the inversion is of (JSON ``InversionSpec``), to recompute it
+{p}:inv:{id}:job           string: the id of the job now making the inversion
+{p}:cache:lru              sorted set: inversion id → last use (seconds)
+{p}:cache:sizes            hash: inversion id → bytes held
+{p}:blob:{sha256}          string: uploaded file bytes, content-addressed
+{p}:idem:{scope}:{key}     string: a stored response for an ``Idempotency-Key``
+{p}:model:{name}           string: JSON model info, written by the model's workers
+{p}:workers:{model}        sorted set: worker id → last heartbeat (seconds)
+{p}:worker:{id}            string: JSON worker info, expires unless renewed
+{p}:stats                  hash: service-wide counters for ``/metrics``
+{p}:rate:{client}:{minute} counter for rate limiting
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GROUP = "workers"
+"""The consumer group every worker of a model reads its queue through."""
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names under one prefix (one deployment, or one test run)."""
+
+    prefix: str = "bdia"
+
+    def queue(self, model: str) -> str:
+        return f"{self.prefix}:queue:{model}"
+
+    @property
+    def dead_letter(self) -> str:
+        return f"{self.prefix}:dead"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def events(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:events"
+
+    def result(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:result"
+
+    def inversion(self, inversion_id: str) -> str:
+        return f"{self.prefix}:inv:{inversion_id}"
+
+    def inversion_spec(self, inversion_id: str) -> str:
+        return f"{self.prefix}:inv:{inversion_id}:spec"
+
+    def inversion_job(self, inversion_id: str) -> str:
+        return f"{self.prefix}:inv:{inversion_id}:job"
+
+    @property
+    def cache_lru(self) -> str:
+        return f"{self.prefix}:cache:lru"
+
+    @property
+    def cache_sizes(self) -> str:
+        return f"{self.prefix}:cache:sizes"
+
+    def blob(self, sha256: str) -> str:
+        return f"{self.prefix}:blob:{sha256}"
+
+    def idempotency(self, scope: str, key: str) -> str:
+        return f"{self.prefix}:idem:{scope}:{key}"
+
+    def model_info(self, model: str) -> str:
+        return f"{self.prefix}:model:{model}"
+
+    def workers(self, model: str) -> str:
+        return f"{self.prefix}:workers:{model}"
+
+    def worker(self, worker_id: str) -> str:
+        return f"{self.prefix}:worker:{worker_id}"
+
+    @property
+    def stats(self) -> str:
+        return f"{self.prefix}:stats"
+
+    def rate(self, client: str, minute: int) -> str:
+        return f"{self.prefix}:rate:{client}:{minute}"
+
+    @property
+    def pattern(self) -> str:
+        """A SCAN pattern matching every key under this prefix (tests clean up with it)."""
+        return f"{self.prefix}:*"

@@ -1,0 +1,92 @@
+"""The FastAPI application: ``create_app()`` for ASGI servers, ``serve()`` for ``bdia serve``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException
+
+from . import __doc__ as DESCRIPTION
+from .deps import Services
+from .metrics import CountRequests, HttpCounters
+from .parsing import validation_problem
+from .problems import STATUS_CODES, Problem
+from .routes import edits, inversions, jobs, system
+from .settings import Settings, get_settings
+
+log = logging.getLogger("bdia.api")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The API over the Redis that ``settings`` (default: the ``BDIA_*`` environment) names."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = Services.connect(settings)
+        app.state.services = services
+        try:
+            for model in settings.served_models:
+                await services.queue.ensure_group(model)
+        except RedisError as exc:  # start anyway; /readyz says what is wrong
+            log.warning("Redis at %s is not reachable yet: %s", settings.redis_url, exc)
+        yield
+        await services.redis.aclose()
+
+    app = FastAPI(
+        title="bdia",
+        version="1.0",
+        summary="Lossless image editing by exact diffusion inversion (BDIA)",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.http_counters = HttpCounters()
+    app.add_middleware(CountRequests, counters=app.state.http_counters)
+    _add_problem_handlers(app)
+
+    for module in (inversions, edits, jobs, system):
+        app.include_router(module.router)
+    return app
+
+
+def _add_problem_handlers(app: FastAPI) -> None:
+    """Render every error as problem+json with a stable ``code``."""
+
+    @app.exception_handler(Problem)
+    async def on_problem(request: Request, exc: Problem) -> JSONResponse:
+        return exc.response(request.url.path)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return validation_problem(list(exc.errors())).response(request.url.path)
+
+    @app.exception_handler(HTTPException)
+    async def on_http(request: Request, exc: HTTPException) -> JSONResponse:
+        code = STATUS_CODES.get(exc.status_code, "error")
+        problem = Problem(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+        return problem.response(request.url.path)
+
+    @app.exception_handler(RedisError)
+    async def on_redis(request: Request, exc: RedisError) -> JSONResponse:
+        log.error("Redis error on %s: %s", request.url.path, exc)
+        problem = Problem(503, "unavailable", "the job store (Redis) is unavailable", headers={"Retry-After": "5"})
+        return problem.response(request.url.path)
+
+    @app.exception_handler(Exception)
+    async def on_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path)
+        return Problem(500, "internal_error", "an internal error occurred").response(request.url.path)
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Run the API under uvicorn (``bdia serve``)."""
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(), host=host, port=port, log_level="info", proxy_headers=True)

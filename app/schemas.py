@@ -1,0 +1,181 @@
+"""What requests carry and responses show: the public shapes of the HTTP API (pydantic only)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .cache import Method
+from .jobs import Job, JobKind, JobStatus
+
+
+def iso(timestamp: float | None) -> str | None:
+    """Seconds since the epoch as an ISO 8601 UTC string, e.g. ``2026-11-26T04:09:00.123Z``."""
+    if timestamp is None:
+        return None
+    moment = datetime.fromtimestamp(timestamp, timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# --- requests ---------------------------------------------------------------------------------
+
+
+class InversionParamsIn(BaseModel):
+    """The inversion parameters a request may give (multipart form fields), with their defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(50, ge=1, description="N, the number of sampling steps (1 to the configured maximum)")
+    strength: float = Field(1.0, gt=0, le=1, description="how far toward noise: K = round(steps·strength)")
+    guidance_scale: float = Field(1.0, ge=0, description="classifier-free guidance; 1 means none")
+    gamma: float = Field(1.0, gt=0, le=1, description="BDIA's γ; exact mode needs γ = 1")
+    exact: bool = Field(True, description="fixed-point state: a bit-exact round trip (with γ = 1)")
+    model: str | None = Field(None, description="one of GET /v1/models; default: the deployment's")
+    method: Method = Field("bdia", description="bdia, or the inexact baselines ddim and edict")
+    negative_prompt: str = ""
+
+
+class InversionIn(InversionParamsIn):
+    """``POST /v1/inversions`` form fields besides the ``image`` file."""
+
+    prompt: str = Field("", description="the source prompt: what the image shows (may be empty)")
+
+
+class EditFormIn(InversionParamsIn):
+    """``POST /v1/edits`` as multipart: the image is inverted (or its cached inversion reused) first."""
+
+    source_prompt: str = ""
+    prompt: str
+
+
+class EditIn(BaseModel):
+    """``POST /v1/edits`` as JSON: regenerate a cached inversion with a new prompt."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inversion_id: str
+    prompt: str
+    guidance_scale: float | None = Field(None, ge=0, description="default: the inversion's")
+    negative_prompt: str | None = Field(None, description="default: the inversion's")
+
+
+class ReconstructionIn(BaseModel):
+    """``POST /v1/reconstructions``: regenerate with the source prompt and report the round-trip error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inversion_id: str
+
+
+# --- responses --------------------------------------------------------------------------------
+
+
+class ProgressOut(BaseModel):
+    step: int
+    total: int
+    stage: str
+
+
+class ErrorOut(BaseModel):
+    code: str
+    detail: str
+
+
+class JobOut(BaseModel):
+    """A job as clients see it (``GET /v1/jobs/{id}``)."""
+
+    id: str
+    kind: JobKind
+    status: JobStatus
+    model: str
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    queue_position: int | None = None
+    progress: ProgressOut | None = None
+    inversion_id: str
+    params: dict[str, Any]
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    result: dict[str, Any] | None = None
+    error: ErrorOut | None = None
+    cancel_requested: bool = False
+    urls: dict[str, str] = Field(default_factory=dict)
+
+    @classmethod
+    def from_job(cls, job: Job, queue_position: int | None = None) -> JobOut:
+        base = f"/v1/jobs/{job.id}"
+        urls = {"get": base, "events": f"{base}/events", "cancel": f"{base}/cancel"}
+        if job.kind != "invert":
+            urls["result"] = f"{base}/result"
+        return cls(
+            id=job.id,
+            kind=job.kind,
+            status=job.status,
+            model=job.model,
+            created_at=iso(job.created_at),
+            started_at=iso(job.started_at),
+            finished_at=iso(job.finished_at),
+            queue_position=queue_position,
+            progress=job.progress,
+            inversion_id=job.inversion_id,
+            params=job.params,
+            metrics=job.metrics,
+            result=job.result,
+            error=job.error,
+            cancel_requested=job.cancel_requested,
+            urls=urls,
+        )
+
+
+class InversionOut(BaseModel):
+    """An inversion (``GET /v1/inversions/{id}``): ready in the cache, or pending while a job makes it."""
+
+    inversion_id: str
+    status: Literal["ready", "pending"]
+    model: str
+    prompt: str
+    params: dict[str, Any]
+    image_sha256: str
+    fingerprint: dict[str, str] | None = None
+    fingerprint_id: str | None = None
+    latent_std: float | None = None
+    level: int | None = None
+    nfe: int | None = None
+    size_bytes: int | None = None
+    created_at: str | None = None
+    expires_at: str | None = None
+    job_id: str | None = None
+    urls: dict[str, str] = Field(default_factory=dict)
+
+
+class ModelOut(BaseModel):
+    """A served model, its native size and default parameters; ``available`` once a worker serves it."""
+
+    name: str
+    default: bool
+    available: bool
+    workers: int
+    height: int | None = None
+    width: int | None = None
+    defaults: dict[str, Any]
+    info: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelsOut(BaseModel):
+    default: str
+    models: list[ModelOut]
+
+
+class ProblemOut(BaseModel):
+    """RFC 9457 problem details, as every error response carries them."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    errors: list[dict[str, Any]] | None = None

@@ -1,0 +1,87 @@
+"""Upload validation: the type sniffed from the bytes, size and pixel limits checked before decoding.
+
+PIL reads only the header on ``Image.open``, so the pixel count is known before any pixel data is
+decoded; only then is the image verified and fully decoded, which rejects truncated or corrupt files.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image
+
+from .cache import sha256
+from .problems import Problem
+
+FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP"}
+
+
+def sniff(data: bytes) -> str | None:
+    """The media type the bytes actually are (PNG, JPEG or WebP), whatever the client claimed."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+@dataclass(frozen=True)
+class ImageUpload:
+    """A validated image upload."""
+
+    data: bytes
+    media_type: str
+    width: int
+    height: int
+
+    @property
+    def sha256(self) -> str:
+        return sha256(self.data)
+
+
+def validate_image(data: bytes, *, field: str, max_bytes: int, max_pixels: int) -> ImageUpload:
+    """Check an uploaded image, cheapest checks first; raise a ``Problem`` naming ``field``."""
+    if len(data) > max_bytes:
+        raise Problem(413, "image_too_large", f"{field}: {len(data)} bytes exceeds the limit of {max_bytes}")
+    if not data:
+        raise _invalid(field, "the file is empty")
+    media_type = sniff(data)
+    if media_type is None:
+        raise Problem(415, "unsupported_media_type", f"{field}: not a PNG, JPEG or WebP file (judged by its bytes)")
+    formats = [FORMATS[media_type]]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=formats) as img:  # reads the header only
+                width, height = img.size
+                if width * height > max_pixels:
+                    raise _too_many_pixels(field, width, height, max_pixels)
+                img.verify()  # structure and checksums, without decoding
+            with Image.open(io.BytesIO(data), formats=formats) as img:
+                img.load()  # a truncated or corrupt file fails here
+    except Problem:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise Problem(413, "image_too_large", f"{field}: too many pixels (over {max_pixels})") from None
+    except Exception as exc:  # PIL raises many types for bad files
+        raise _invalid(field, f"the image is truncated or corrupt ({exc})") from None
+    if width < 1 or height < 1:
+        raise _invalid(field, "the image has no pixels")
+    return ImageUpload(data, media_type, width, height)
+
+
+def _too_many_pixels(field: str, width: int, height: int, max_pixels: int) -> Problem:
+    return Problem(413, "image_too_large", f"{field}: {width}×{height} = {width * height} pixels exceeds {max_pixels}")
+
+
+def _invalid(field: str, message: str) -> Problem:
+    return Problem(
+        422,
+        "invalid_image",
+        f"{field}: {message}",
+        errors=[{"loc": ["body", field], "msg": message, "type": "invalid_image"}],
+    )

@@ -1,0 +1,1 @@
+"""bdia workers: each loads one model and runs the jobs queued for it (see ``workers.worker``)."""
