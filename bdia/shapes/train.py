@@ -1,0 +1,428 @@
+"""Train the default ``shapes`` model: a small text-to-image diffusion model in pixel space.
+
+    python -m bdia.shapes.train --out DIR --steps S --batch B --seed 0 [--device cuda] [--time-limit SECONDS]
+
+A ``UNet2DConditionModel`` with cross-attention and a small ``CLIPTextModel`` over the byte-level
+tokenizer are trained jointly from scratch on scenes drawn on the fly (:mod:`bdia.shapes.scenes`;
+batch ``k`` is a pure function of the seed and ``k``), with ε-prediction, min-SNR loss weights,
+classifier-free-guidance dropout, AdamW with warm-up and cosine decay, and an EMA of the weights
+(what is saved). DIR gets the StableDiffusionPipeline layout without a VAE (``unet/``,
+``text_encoder/``, ``tokenizer/``, ``scheduler/``, ``model_index.json``; safetensors), plus
+``training.json`` (the run's record) and ``samples.png``.
+
+The run ends with a self-check: it loads DIR back through diffusers, samples held-out prompts with
+DDIM and classifier-free guidance, and reports how often :mod:`bdia.shapes.classifier` sees the
+prompt's objects. ``--time-limit`` bounds the whole run, self-check included: training stops early
+(the learning-rate schedule then follows elapsed time) and saves what it has.
+"""
+
+from __future__ import annotations
+
+import time
+
+_START = time.monotonic()  # before the heavy imports: --time-limit counts from here
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+from dataclasses import asdict, dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from ..tokenizer import VOCAB_SIZE, byte_level_tokenizer  # noqa: E402
+from .classifier import compare  # noqa: E402
+from .scenes import random_scene, scene_rng  # noqa: E402
+
+TRAIN_STREAM, CHECK_STREAM = 0, 2  # scene streams (benchmarks use others)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Sizes of the UNet and the text encoder."""
+
+    channels: tuple[int, ...] = (32, 64, 128)
+    layers_per_block: int = 1
+    head_dim: int = 32
+    norm_groups: int = 32
+    text_width: int = 128
+    text_layers: int = 3
+    text_heads: int = 4
+    max_length: int = 77
+
+
+PRESETS = {
+    "small": ModelConfig(),
+    "micro": ModelConfig(channels=(32, 32), head_dim=16, norm_groups=8, text_width=32, text_layers=1, text_heads=2),
+}
+
+
+def scheduler_config() -> dict:
+    """The DDIM scheduler of the model: cosine betas, ε-prediction, leading spacing."""
+    return {
+        "num_train_timesteps": 1000,
+        "beta_schedule": "squaredcos_cap_v2",
+        "prediction_type": "epsilon",
+        "timestep_spacing": "leading",
+        "steps_offset": 1,
+        "set_alpha_to_one": False,
+        "clip_sample": False,
+    }
+
+
+def build_model(config: ModelConfig, resolution: int = 32):
+    """(unet, text_encoder, tokenizer, scheduler), freshly initialised from the global torch RNG."""
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    levels = len(config.channels)
+    down = ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1)
+    up = ("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",)
+    unet = UNet2DConditionModel(
+        sample_size=resolution,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=config.channels,
+        layers_per_block=config.layers_per_block,
+        down_block_types=down,
+        up_block_types=up,
+        cross_attention_dim=config.text_width,
+        attention_head_dim=tuple(max(c // config.head_dim, 1) for c in config.channels),  # diffusers: = heads
+        norm_num_groups=config.norm_groups,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=VOCAB_SIZE,
+            hidden_size=config.text_width,
+            intermediate_size=4 * config.text_width,
+            projection_dim=config.text_width,
+            num_hidden_layers=config.text_layers,
+            num_attention_heads=config.text_heads,
+            max_position_embeddings=config.max_length,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+    )
+    return unet, text_encoder, byte_level_tokenizer(config.max_length), DDIMScheduler(**scheduler_config())
+
+
+class SceneBatches(torch.utils.data.Dataset):
+    """Training batch ``k``: (uint8 images (B, 3, H, W), token ids (B, L)), a pure function of (seed, k).
+
+    A fraction ``uncond`` of the captions is replaced by the empty prompt (classifier-free guidance).
+    """
+
+    def __init__(self, seed: int, batch: int, resolution: int, uncond: float, max_length: int, length: int):
+        self.seed, self.batch, self.resolution, self.uncond = seed, batch, resolution, uncond
+        self.max_length, self.length = max_length, length
+        self._tokenizer = None
+        self._ids: dict[str, list[int]] = {}
+
+    def __len__(self) -> int:
+        return self.length
+
+    def tokens(self, caption: str) -> list[int]:
+        if caption not in self._ids:
+            if self._tokenizer is None:
+                self._tokenizer = byte_level_tokenizer(self.max_length)
+            self._ids[caption] = self._tokenizer(
+                caption, padding="max_length", max_length=self.max_length, truncation=True
+            ).input_ids
+        return self._ids[caption]
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = scene_rng(self.seed, k, TRAIN_STREAM)
+        scenes = [random_scene(rng) for _ in range(self.batch)]
+        drop = rng.random(self.batch) < self.uncond
+        images = np.stack([s.render(self.resolution) for s in scenes]).transpose(0, 3, 1, 2)
+        ids = [self.tokens("" if d else s.caption) for s, d in zip(scenes, drop, strict=True)]
+        return torch.from_numpy(np.ascontiguousarray(images)), torch.tensor(ids, dtype=torch.int64)
+
+
+def encode(text_encoder, tokenizer, prompts: list[str], device: torch.device) -> torch.Tensor:
+    """Text embeddings (B, L, D) as StableDiffusionPipeline computes them (padded, no attention mask)."""
+    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True)
+    return text_encoder(torch.tensor(ids.input_ids, device=device))[0]
+
+
+@torch.no_grad()
+def sample(
+    unet,
+    text_encoder,
+    tokenizer,
+    scheduler_cfg: dict,
+    prompts: list[str],
+    steps: int = 50,
+    guidance: float = 4.0,
+    seed: int = 0,
+    batch: int = 256,
+) -> np.ndarray:
+    """DDIM samples with classifier-free guidance, as uint8 (N, H, W, 3)."""
+    from diffusers import DDIMScheduler
+
+    device = unet.device
+    size = unet.config.sample_size
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    noise = torch.randn((len(prompts), 3, size, size), generator=generator)
+    uncond = encode(text_encoder, tokenizer, [""], device)
+    out = []
+    for start in range(0, len(prompts), batch):
+        chunk = prompts[start : start + batch]
+        cond = encode(text_encoder, tokenizer, chunk, device)
+        context = torch.cat([uncond.expand(len(chunk), -1, -1), cond])
+        scheduler = DDIMScheduler.from_config(scheduler_cfg)
+        scheduler.set_timesteps(steps)
+        x = noise[start : start + len(chunk)].to(device, unet.dtype)
+        for t in scheduler.timesteps:
+            eps_u, eps_c = unet(torch.cat([x, x]), t, encoder_hidden_states=context).sample.chunk(2)
+            x = scheduler.step(eps_u + guidance * (eps_c - eps_u), t, x).prev_sample
+        out.append(((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu())
+    return torch.cat(out).numpy()
+
+
+def self_check(folder: Path, n: int, steps: int, guidance: float, seed: int, device: torch.device) -> dict:
+    """Load ``folder`` through diffusers, sample ``n`` held-out prompts and classify the samples."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch.float32)
+    text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=torch.float32)
+    tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+    unet.to(device).eval()
+    text_encoder.to(device).eval()
+    scheduler_cfg = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    scenes = [random_scene(scene_rng(seed, i, CHECK_STREAM)) for i in range(n)]
+    images = sample(unet, text_encoder, tokenizer, scheduler_cfg, [s.caption for s in scenes], steps, guidance, seed)
+    results = [compare(img, s, by_position=False) for img, s in zip(images, scenes, strict=True)]
+    shapes = sum(r["shapes"] for r in results)
+    cols = 8
+    rows = [images[i : i + cols] for i in range(0, min(len(images), 64), cols)]
+    rows[-1] = np.concatenate([rows[-1], np.zeros((cols - len(rows[-1]), *images.shape[1:]), np.uint8)])
+    grid = np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
+    Image.fromarray(grid).resize((grid.shape[1] * 4, grid.shape[0] * 4), Image.NEAREST).save(folder / "samples.png")
+    return {
+        "samples": n,
+        "ddim_steps": steps,
+        "guidance": guidance,
+        "prompt_accuracy": sum(r["ok"] for r in results) / max(n, 1),
+        "object_accuracy": sum(r["objects_ok"] for r in results) / max(shapes, 1),
+        "count_accuracy": sum(r["count_ok"] for r in results) / max(n, 1),
+        "background_accuracy": sum(r["background_ok"] for r in results) / max(n, 1),
+        "first_prompts": [s.caption for s in scenes[:64]],
+    }
+
+
+def save(folder: Path, unet, text_encoder, tokenizer, scheduler, dtype: torch.dtype) -> None:
+    """Write the StableDiffusionPipeline layout (no VAE, no safety checker) with safetensors weights."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=None,
+        text_encoder=text_encoder.to(dtype),
+        tokenizer=tokenizer,
+        unet=unet.to(dtype),
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+
+
+def _lr_factor(progress: float, step: int, warmup: int, floor: float = 0.1) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to ``floor`` at progress 1."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def train(args: argparse.Namespace) -> dict:
+    """Train, save to ``args.out``, self-check; returns the run's record (also in ``training.json``)."""
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(args.seed)
+    config = PRESETS[args.model]
+    unet, text_encoder, tokenizer, scheduler = build_model(config, args.resolution)
+    unet.to(device).train()
+    text_encoder.to(device).train()
+    if args.channels_last:
+        unet.to(memory_format=torch.channels_last)
+    params = [p for m in (unet, text_encoder) for p in m.parameters()]
+    ema = [p.detach().clone() for p in params]
+    optimizer = torch.optim.AdamW(
+        params, lr=args.lr, betas=(0.9, 0.99), weight_decay=args.weight_decay, **({"fused": True} if cuda else {})
+    )
+    alphas = scheduler.alphas_cumprod.to(device, torch.float32)
+    snr = alphas / (1 - alphas)
+    loss_weight = snr.clamp(max=args.min_snr) / snr if args.min_snr > 0 else torch.ones_like(snr)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    data = SceneBatches(args.seed, args.batch, args.resolution, args.uncond, config.max_length, args.steps)
+    workers = args.workers if args.workers is not None else (min(12, (os.cpu_count() or 2) - 2) if cuda else 0)
+    loader = torch.utils.data.DataLoader(
+        data,
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=cuda,
+        prefetch_factor=4 if workers else None,
+    )
+    n_unet = sum(p.numel() for p in unet.parameters())
+    n_text = sum(p.numel() for p in text_encoder.parameters())
+    print(
+        f"shapes: UNet {n_unet / 1e6:.2f} M + text encoder {n_text / 1e6:.2f} M parameters; "
+        f"{args.steps} steps of {args.batch} at {args.resolution}px on {device}, {workers} data workers",
+        flush=True,
+    )
+
+    deadline = _START + args.time_limit if args.time_limit else math.inf
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
+    check_cost = args.check_samples * 2 * args.check_steps / (3 * args.batch)  # self-check, in training steps
+    losses: list[tuple[int, float]] = []
+    loss_sum = torch.zeros((), device=device)
+    step, step_time, first_done, wait, loss_n = 0, None, None, 0.0, 0
+    window_start, window_steps = time.monotonic(), 0
+    batches = iter(loader)
+    while step < args.steps:
+        now = time.monotonic()
+        # Stop when one more step and the rest of the run (saving, self-check, a margin) would not fit.
+        reserve = 20.0 + 1.5 * check_cost * (step_time or 0.0)
+        if now + (step_time or 0.0) + reserve > deadline:
+            print(f"time limit: stopping after {step} steps", flush=True)
+            break
+        progress = step / args.steps
+        if first_done is not None and math.isfinite(deadline):  # a time-bound run anneals by the clock
+            progress = max(progress, (now - first_done) / max(deadline - reserve - first_done, 1e-6))
+        lr = args.lr * _lr_factor(progress, step, args.warmup)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        t0 = time.monotonic()
+        pixels, ids = next(batches)
+        wait += time.monotonic() - t0
+        x0 = pixels.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
+        ids = ids.to(device, non_blocking=True)
+        if args.channels_last:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+        noise = torch.randn(x0.shape, generator=generator, device=device)
+        t = torch.randint(0, len(alphas), (x0.shape[0],), generator=generator, device=device)
+        a = alphas[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        with autocast:
+            context = text_encoder(ids)[0]
+            eps = unet(xt, t, encoder_hidden_states=context).sample
+        loss = ((eps.float() - noise) ** 2).mean(dim=(1, 2, 3)).mul(loss_weight[t]).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, args.clip)
+        optimizer.step()
+        decay = min(args.ema, (1 + step) / (10 + step))
+        torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
+        loss_sum += loss.detach()
+        loss_n += 1
+        step += 1
+        window_steps += 1
+
+        if step == 1:  # the first step pays for warm-up (kernel selection, worker start): not timed
+            first_done = window_start = time.monotonic()
+            window_steps, wait = 0, 0.0
+        elif step_time is None and window_steps >= 2:
+            step_time = (time.monotonic() - window_start) / window_steps
+        if step % args.log_every == 0 or step == args.steps:
+            mean_loss = float(loss_sum) / loss_n  # synchronises
+            now = time.monotonic()
+            if window_steps:
+                step_time = (now - window_start) / window_steps
+            rate = 1 / step_time if step_time else 0.0
+            waited = wait / max(now - window_start, 1e-9)
+            losses.append((step, round(mean_loss, 5)))
+            print(
+                f"step {step:6d}  loss {mean_loss:.4f}  lr {lr:.2e}  {rate:6.2f} it/s  {rate * args.batch:7.0f} img/s"
+                f"  data wait {waited:4.0%}  elapsed {now - _START:6.1f}s",
+                flush=True,
+            )
+            loss_sum.zero_()
+            window_start, window_steps, wait, loss_n = now, 0, 0.0, 0
+    del batches, loader
+    if cuda:
+        torch.cuda.synchronize()
+    train_seconds = time.monotonic() - (first_done or _START)
+
+    with torch.no_grad():
+        for p, e in zip(params, ema, strict=True):
+            p.copy_(e)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save(out, unet.cpu(), text_encoder.cpu(), tokenizer, scheduler, torch.float16 if args.fp16 else torch.float32)
+    record = {
+        "command": "python -m bdia.shapes.train " + " ".join(sys.argv[1:]),
+        "args": vars(args),
+        "model": asdict(config),
+        "parameters": {"unet": n_unet, "text_encoder": n_text},
+        "steps_done": step,
+        "train_seconds": round(train_seconds, 1),
+        "images_per_second": round(max(step - 1, 0) * args.batch / max(train_seconds, 1e-9), 1),
+        "losses": losses,
+        "device": torch.cuda.get_device_name(device) if cuda else f"cpu ({torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+    }
+    print(f"saved {out} after {step} steps ({record['images_per_second']:.0f} img/s)", flush=True)
+    if args.check_samples:
+        check = self_check(out, args.check_samples, args.check_steps, args.guidance, args.seed, device)
+        record["self_check"] = check
+        print(
+            f"self-check ({check['samples']} samples, DDIM {check['ddim_steps']}, guidance {check['guidance']}): "
+            f"prompt accuracy {check['prompt_accuracy']:.1%}, objects {check['object_accuracy']:.1%}, "
+            f"counts {check['count_accuracy']:.1%}, backgrounds {check['background_accuracy']:.1%}",
+            flush=True,
+        )
+    record["total_seconds"] = round(time.monotonic() - _START, 1)
+    (out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
+    print(f"done in {record['total_seconds']:.0f}s", flush=True)
+    return record
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--out", required=True, help="output folder (diffusers pipeline layout)")
+    p.add_argument("--steps", type=int, default=6000)
+    p.add_argument("--batch", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--resolution", type=int, default=32)
+    p.add_argument("--model", choices=sorted(PRESETS), default="small")
+    p.add_argument("--time-limit", type=float, default=None, help="seconds for the whole run, self-check included")
+    p.add_argument("--lr", type=float, default=6e-4)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--clip", type=float, default=1.0, help="gradient norm clip")
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--uncond", type=float, default=0.1, help="fraction of empty captions")
+    p.add_argument("--min-snr", type=float, default=5.0, help="min-SNR-γ loss weighting (0: plain MSE)")
+    p.add_argument("--workers", type=int, default=None, help="data workers (default: up to 12 on CUDA, 0 on CPU)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--fp32", dest="fp16", action="store_false", help="save float32 weights (default float16)")
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--check-samples", type=int, default=256, help="self-check samples (0: none)")
+    p.add_argument("--check-steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, default=4.0)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return train(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
