@@ -146,7 +146,7 @@ def deployment_env(prefix: str, **settings: str) -> dict[str, str]:
         BDIA_REDIS_URL=REDIS_URL,
         BDIA_KEY_PREFIX=prefix,
         BDIA_MODEL="tiny-random",
-        BDIA_LEASE_S="2",
+        BDIA_LEASE_S="1.5",
         BDIA_WORKER_THREADS="1",
         BDIA_WORKER_BLOCK_S="0.2",
         PYTHONUNBUFFERED="1",
@@ -173,8 +173,8 @@ def start_deployment(redis_client: redis.Redis, logs: Path, workers: list[str], 
 
 @pytest.fixture(scope="session")
 def deployment(redis_client: redis.Redis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    """The shared deployment: the API and one ``tiny-random`` worker."""
-    running = start_deployment(redis_client, tmp_path_factory.mktemp("deployment"), ["w0"])
+    """The shared deployment: the API and two ``tiny-random`` workers (``test_recovery`` kills one)."""
+    running = start_deployment(redis_client, tmp_path_factory.mktemp("deployment"), ["w0", "w1"])
     yield running
     running.stop()
     delete_prefix(redis_client, running.prefix)

@@ -44,28 +44,35 @@ def test_same_key_same_body_replays_the_response(http: httpx.Client, redis_clien
     assert c.status_code == 422 and c.json()["code"] == "idempotency_key_reused"
 
 
-def test_cancel_running_and_queued_jobs(client: BdiaClient) -> None:
-    running = client.invert(make_png(20), "", steps=LONG_STEPS).job
-    queued = client.invert(make_png(21), "", steps=LONG_STEPS).job
-    for event in client.events(running.id):  # until the first step has run
+def test_cancel_running_and_queued_jobs(client: BdiaClient, deployment: Deployment) -> None:
+    # One more long job than there are workers: the last one waits in the queue.
+    jobs = [client.invert(make_png(20 + n), "", steps=LONG_STEPS).job for n in range(len(deployment.workers) + 1)]
+    for event in client.events(jobs[0].id):  # until the first step has run
         if event.event == "progress":
             break
-    waiting = client.job(queued.id)
-    assert waiting.status == "queued" and waiting.queue_position == 1
+    deadline = time.monotonic() + 60
+    while (states := [client.job(j.id) for j in jobs]) and sum(s.status == "running" for s in states) < len(
+        deployment.workers
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    (waiting,) = [s for s in states if s.status == "queued"]
+    assert waiting.queue_position == 1
 
-    canceled = client.cancel(queued.id)
+    canceled = client.cancel(waiting.id)
     assert canceled.status == "canceled" and canceled.queue_position is None
-    assert client.cancel(queued.id).status == "canceled"  # idempotent
+    assert client.cancel(waiting.id).status == "canceled"  # idempotent
+    assert [e.event for e in client.events(waiting.id)] == ["queued", "canceled"]
 
-    asked = client.cancel(running.id)
-    assert asked.cancel_requested and asked.status in ("running", "canceled")
-    final = client.wait(running.id, raise_on_failure=False, timeout=60)
-    assert final.status == "canceled"
-    assert final.progress is None or final.progress.step < LONG_STEPS
-    assert client.cancel(running.id).status == "canceled"
-    events = [e.event for e in client.events(running.id)]
-    assert events[0] == "queued" and events[-1] == "canceled" and "started" in events
-    assert [e.event for e in client.events(queued.id)] == ["queued", "canceled"]
+    for running in [s for s in states if s.status == "running"]:
+        asked = client.cancel(running.id)
+        assert asked.cancel_requested and asked.status in ("running", "canceled")
+        final = client.wait(running.id, raise_on_failure=False, timeout=60)
+        assert final.status == "canceled"
+        assert final.progress is None or final.progress.step < LONG_STEPS
+        assert client.cancel(running.id).status == "canceled"
+        events = [e.event for e in client.events(running.id)]
+        assert events[0] == "queued" and events[-1] == "canceled" and "started" in events
 
 
 def test_events_late_subscriber_and_resume(client: BdiaClient) -> None:
