@@ -1,0 +1,210 @@
+"""``make demo`` / ``bdia demo``: the whole service on this machine, driven by the typed client.
+
+Starts Redis (a private ``redis-server`` on a free port unless ``BDIA_REDIS_URL`` is set), the API
+and one worker with the default model; uploads a sample image; edits it twice (the first edit
+inverts it, the second reuses the cached inversion); reconstructs it; saves the PNGs; prints the
+timings and the round-trip error; and shuts everything down, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import redis
+
+from .client import BdiaClient
+from .keys import Keys
+
+SAMPLE = Path(__file__).resolve().parents[1] / "bdia" / "assets" / "sample.png"
+SOURCE_PROMPT = "a red circle on a grey background"
+EDITS = ("a blue circle on a grey background", "a red square on a grey background")
+STARTUP_TIMEOUT_S = 600
+NO_REDIS = """\
+bdia demo: redis-server is not installed, and BDIA_REDIS_URL is not set.
+Install Redis and run the demo again:
+    Debian/Ubuntu:  sudo apt-get install redis-server
+    Fedora:         sudo dnf install redis
+    macOS:          brew install redis
+or point BDIA_REDIS_URL at a running Redis (e.g. BDIA_REDIS_URL=redis://127.0.0.1:6379/0)."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo; returns the exit code (0 when every step worked)."""
+    parser = argparse.ArgumentParser(prog="bdia demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--model", help="model to serve (default: $BDIA_MODEL, else shapes if bundled, else tiny-random)"
+    )
+    parser.add_argument("--image", type=Path, help=f"image to edit (default: {SAMPLE.name}, made if missing)")
+    parser.add_argument("--prompt", default=SOURCE_PROMPT, help="what the image shows")
+    parser.add_argument("--edit", action="append", help="an edit prompt (give two; default: two examples)")
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--out", type=Path, default=Path("out"), help="where the PNGs go (default: out/)")
+    args = parser.parse_args(argv)
+    edits = (args.edit or list(EDITS)) + list(EDITS)
+    from bdia.cli import default_model  # torch-free
+
+    model = args.model or default_model()
+    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        with ExitStack() as stack:
+            redis_url, private = _redis(stack, args.out)
+            if redis_url is None:
+                print(NO_REDIS, file=sys.stderr)
+                return 1
+            prefix = os.environ.get("BDIA_KEY_PREFIX") or f"bdia-demo-{uuid.uuid4().hex[:8]}"
+            if not private and "BDIA_KEY_PREFIX" not in os.environ:
+                stack.callback(_delete_keys, redis_url, prefix)
+            env = {**os.environ, "BDIA_REDIS_URL": redis_url, "BDIA_KEY_PREFIX": prefix,
+                   "BDIA_MODEL": model, "BDIA_MODELS": model}  # fmt: skip
+            port = _free_port()
+            worker = stack.enter_context(_process("worker", [sys.executable, "-m", "workers"], env, args.out))
+            serve = f"from app.main import serve; serve('127.0.0.1', {port})"
+            api = stack.enter_context(_process("api", [sys.executable, "-c", serve], env, args.out))
+            url = f"http://127.0.0.1:{port}"
+            print(f"Redis {redis_url}{' (private)' if private else ''}; API {url}; worker loading {model!r}…")
+            client = stack.enter_context(BdiaClient(url, timeout=120))
+            _wait_ready(client, [worker, api], args.out)
+            return _drive(client, _sample(args.image), args.prompt, edits[:2], args.steps, args.out)
+    except KeyboardInterrupt:
+        print("\ninterrupted: everything was shut down", file=sys.stderr)
+        return 130
+
+
+def _drive(client: BdiaClient, image: bytes, prompt: str, edits: list[str], steps: int, out: Path) -> int:
+    """The client's part: edit twice (the second reuses the cache), reconstruct, save, report."""
+    model = client.models().models[0]
+    print(f"model {model.name}: {model.width}×{model.height}; {steps} steps; source prompt {prompt!r}")
+    (out / "source.png").write_bytes(image)
+    timings: dict[str, float] = {}
+
+    def run(label: str, submit) -> object:
+        start = time.perf_counter()
+        job = client.wait(submit(), on_progress=(lambda p: _progress(label, p)) if sys.stdout.isatty() else None)
+        timings[label] = time.perf_counter() - start
+        print(f"\r{label:<16} {timings[label]:7.2f} s   nfe {job.metrics['nfe']:>4}   "
+              f"inversion cached: {str(job.metrics['inversion_cached']).lower()}")  # fmt: skip
+        return job
+
+    first = run("edit 1 (uploads)", lambda: client.edit_image(image, prompt, edits[0], steps=steps))
+    inversion_id = first.inversion_id
+    second = run("edit 2 (cached)", lambda: client.edit(inversion_id, edits[1]))
+    start = time.perf_counter()
+    again = client.invert(image, prompt, steps=steps)
+    print(f"re-upload        {time.perf_counter() - start:7.3f} s   answered from the cache: {again.cached}")
+    reconstruction = run("reconstruction", lambda: client.reconstruct(inversion_id))
+
+    for name, job in (("edit-1.png", first), ("edit-2.png", second), ("reconstruction.png", reconstruction)):
+        (out / name).write_bytes(client.result(job.id))
+    (out / "inversion.safetensors").write_bytes(client.latents(inversion_id))
+    result = reconstruction.result
+    inversion = client.inversion(inversion_id)
+    print(f"\nedits: {edits[0]!r} and {edits[1]!r}")
+    print(f"cached edit took {timings['edit 2 (cached)'] / timings['edit 1 (uploads)']:.2f}× the uncached one")
+    print(f"inversion {inversion_id}: latent std {inversion.latent_std:.3f}, fingerprint {inversion.fingerprint_id}")
+    print(f"round trip: latent max abs error {result['latent_max_abs_error']:g} "
+          f"({'bit-exact' if result['exact'] else 'not exact'}; fingerprint match: {result['fingerprint_match']}), "
+          f"pixel PSNR vs the upload {result['psnr']:.2f} dB (the VAE's loss)")  # fmt: skip
+    print(f"saved {', '.join(sorted(p.name for p in out.glob('*.*')))} in {out}/")
+    return 0 if result["latent_max_abs_error"] == 0 or not result["fingerprint_match"] else 1
+
+
+def _progress(label: str, p: object) -> None:
+    print(f"\r{label:<16} {p.stage} {p.step}/{p.total}   ", end="", flush=True)  # type: ignore[attr-defined]
+
+
+def _sample(path: Path | None) -> bytes:
+    """The image to edit: the one given, the bundled sample, or a red circle drawn here."""
+    if path is not None:
+        return path.read_bytes()
+    if SAMPLE.exists():
+        return SAMPLE.read_bytes()
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (256, 256), (128, 128, 128))
+    ImageDraw.Draw(image).ellipse((78, 78, 178, 178), fill=(220, 38, 38))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _redis(stack: ExitStack, out: Path) -> tuple[str | None, bool]:
+    """(URL, private): ``BDIA_REDIS_URL``, else a private redis-server started here; (None, False) if none."""
+    if os.environ.get("BDIA_REDIS_URL"):
+        return os.environ["BDIA_REDIS_URL"], False
+    server = shutil.which("redis-server")
+    if server is None:
+        return None, False
+    port = _free_port()
+    command = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    process = stack.enter_context(_process("redis", command, dict(os.environ), out))
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            redis.Redis.from_url(url).ping()
+            return url, True
+        except redis.ConnectionError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start; see {out / 'logs' / 'redis.log'}") from None
+            time.sleep(0.05)
+
+
+@contextmanager
+def _process(name: str, command: list[str], env: dict[str, str], out: Path) -> Iterator[subprocess.Popen]:
+    """A child process in its own session (Ctrl-C reaches only the demo), stopped on exit."""
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / f"{name}.log", "wb") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process.name = name  # type: ignore[attr-defined]
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+def _wait_ready(client: BdiaClient, processes: list[subprocess.Popen], out: Path) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while not client.ready():
+        for process in processes:
+            if process.poll() is not None:
+                name = process.name  # type: ignore[attr-defined]
+                raise SystemExit(f"bdia demo: the {name} exited; see {out / 'logs' / (name + '.log')}")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bdia demo: not ready after {STARTUP_TIMEOUT_S}s; see {out / 'logs'}")
+        time.sleep(0.2)
+
+
+def _delete_keys(url: str, prefix: str) -> None:
+    client = redis.Redis.from_url(url)
+    keys = list(client.scan_iter(match=Keys(prefix).pattern, count=1000))
+    if keys:
+        client.delete(*keys)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
