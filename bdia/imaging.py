@@ -1,0 +1,110 @@
+"""Images in and out: loading, fitting to the model, pixels ↔ tensors ↔ latents, PSNR.
+
+Pixel conventions follow diffusers' VaeImageProcessor, so results compare with its pipelines.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import InvalidImage, InvalidParameter
+from .models import DiffusionModel
+
+
+def load_image(source: bytes | str | Path | Image.Image) -> Image.Image:
+    """An RGB image from bytes, a file or a PIL image, upright per its EXIF orientation."""
+    if isinstance(source, Image.Image):
+        image = source
+    else:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            what, stream = "the uploaded data", io.BytesIO(bytes(source))
+        elif isinstance(source, (str, Path)):
+            what, stream = f"file {str(source)!r}", source
+        else:
+            raise InvalidImage(f"cannot read an image from a {type(source).__name__}")
+        try:
+            image = Image.open(stream)
+            image.load()
+        except FileNotFoundError as exc:
+            raise InvalidImage(f"{what} does not exist") from exc
+        except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+            raise InvalidImage(f"{what} is not a readable image ({exc})") from exc
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise InvalidImage(f"{what} is a truncated or corrupt image ({exc})") from exc
+    try:
+        return ImageOps.exif_transpose(image).convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise InvalidImage(f"cannot convert the image to RGB ({exc})") from exc
+
+
+def fit_to_model(image: Image.Image, height: int, width: int) -> Image.Image:
+    """Resize the short side to cover height×width (Lanczos), then center-crop to exactly that size.
+
+    An image already of that size is returned as is: no resampling, nothing lost.
+    """
+    if height < 1 or width < 1:
+        raise InvalidParameter(f"target size must be positive, got {height}×{width}")
+    if image.size == (width, height):
+        return image
+    scale = max(width / image.width, height / image.height)
+    size = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
+    resized = image.resize(size, Image.Resampling.LANCZOS)
+    left, top = (size[0] - width) // 2, (size[1] - height) // 2
+    return resized.crop((left, top, left + width, top + height))
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """[1, 3, H, W] float32 in [-1, 1] (VaeImageProcessor's preprocess)."""
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()[None] * 2.0 - 1.0
+
+
+def to_image(tensor: torch.Tensor) -> Image.Image:
+    """A PIL image from [1, 3, H, W] or [3, H, W] in [-1, 1]: clamped and rounded (VaeImageProcessor's postprocess)."""
+    if tensor.ndim == 4 and tensor.shape[0] == 1:
+        tensor = tensor[0]
+    if tensor.ndim != 3 or tensor.shape[0] != 3:
+        raise InvalidParameter(f"expected one RGB image [1, 3, H, W], got shape {tuple(tensor.shape)}")
+    pixels = (tensor / 2 + 0.5).clamp(0, 1).detach().cpu().permute(1, 2, 0).float().numpy()
+    return Image.fromarray((pixels * 255).round().astype("uint8"))
+
+
+def encode(model: DiffusionModel, image: Image.Image) -> torch.Tensor:
+    """z_0: the VAE posterior MEAN × scaling factor (never a sample), or the pixels in pixel space.
+
+    Returns float32 on the CPU, [1, C, h, w]; the caller casts it to the state dtype.
+    """
+    x = to_tensor(image)
+    factor = model.vae_scale_factor
+    if x.shape[2] % factor or x.shape[3] % factor:
+        raise InvalidImage(f"image size {image.width}×{image.height} is not a multiple of {factor}")
+    if model.vae is None:
+        return x
+    with torch.no_grad():
+        mean = model.vae.encode(x.to(model.device, model.dtype)).latent_dist.mean
+    return (mean * model.scaling_factor).float().cpu()
+
+
+def decode(model: DiffusionModel, z0: torch.Tensor) -> Image.Image:
+    """The image of a latent z_0: z_0 / scaling factor through the VAE decoder in the model dtype."""
+    if model.vae is None:
+        return to_image(z0)
+    with torch.no_grad():
+        pixels = model.vae.decode(z0.to(model.device, model.dtype) / model.scaling_factor, return_dict=False)[0]
+    return to_image(pixels)
+
+
+def psnr(a: Image.Image, b: Image.Image) -> float:
+    """Peak signal-to-noise ratio in dB of two 8-bit RGB images of one size (inf when identical)."""
+    if a.size != b.size:
+        raise InvalidParameter(f"cannot compare images of sizes {a.size} and {b.size}")
+    x = np.asarray(a.convert("RGB"), dtype=np.float64)
+    y = np.asarray(b.convert("RGB"), dtype=np.float64)
+    mse = float(np.mean((x - y) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
