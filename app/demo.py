@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
@@ -40,12 +41,50 @@ Install Redis and run the demo again:
 or point BDIA_REDIS_URL at a running Redis (e.g. BDIA_REDIS_URL=redis://127.0.0.1:6379/0)."""
 
 
+class RedisMissing(RuntimeError):
+    """Neither ``BDIA_REDIS_URL`` nor a ``redis-server`` to start."""
+
+
+@dataclass
+class LocalService:
+    """A running local deployment: its API's URL, its Redis and its processes."""
+
+    url: str
+    redis_url: str
+    prefix: str
+    private_redis: bool
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+
+@contextmanager
+def local_service(model: str, logs: Path, *, settings: dict[str, str] | None = None) -> Iterator[LocalService]:
+    """Start Redis (unless ``BDIA_REDIS_URL`` is set), one worker and the API; stop them all on exit.
+
+    Raises ``RedisMissing`` when there is no Redis to use. Each process logs to ``logs/<name>.log``.
+    """
+    with ExitStack() as stack:
+        redis_url, private = _redis(stack, logs)
+        prefix = os.environ.get("BDIA_KEY_PREFIX") or f"bdia-demo-{uuid.uuid4().hex[:8]}"
+        if not private and "BDIA_KEY_PREFIX" not in os.environ:
+            stack.callback(_delete_keys, redis_url, prefix)
+        env = {**os.environ, "BDIA_REDIS_URL": redis_url, "BDIA_KEY_PREFIX": prefix, "BDIA_MODEL": model,
+               "BDIA_MODELS": model, **{f"BDIA_{k.upper()}": v for k, v in (settings or {}).items()}}  # fmt: skip
+        port = _free_port()
+        service = LocalService(f"http://127.0.0.1:{port}", redis_url, prefix, private)
+        service.processes["worker"] = stack.enter_context(
+            _process("worker", [sys.executable, "-m", "workers"], env, logs)
+        )
+        serve = f"from app.main import serve; serve('127.0.0.1', {port})"
+        service.processes["api"] = stack.enter_context(_process("api", [sys.executable, "-c", serve], env, logs))
+        print(f"Redis {redis_url}{' (private)' if private else ''}; API {service.url}; worker loading {model!r}…")
+        _wait_ready(service, logs)
+        yield service
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns the exit code (0 when every step worked)."""
     parser = argparse.ArgumentParser(prog="bdia demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--model", help="model to serve (default: $BDIA_MODEL, else shapes if bundled, else tiny-random)"
-    )
+    parser.add_argument("--model", help="default: $BDIA_MODEL, else shapes when bundled, else tiny-random")
     parser.add_argument("--image", type=Path, help=f"image to edit (default: {SAMPLE.name}, made if missing)")
     parser.add_argument("--prompt", default=SOURCE_PROMPT, help="what the image shows")
     parser.add_argument("--edit", action="append", help="an edit prompt (give two; default: two examples)")
@@ -58,25 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model or default_model()
     args.out.mkdir(parents=True, exist_ok=True)
     try:
-        with ExitStack() as stack:
-            redis_url, private = _redis(stack, args.out)
-            if redis_url is None:
-                print(NO_REDIS, file=sys.stderr)
-                return 1
-            prefix = os.environ.get("BDIA_KEY_PREFIX") or f"bdia-demo-{uuid.uuid4().hex[:8]}"
-            if not private and "BDIA_KEY_PREFIX" not in os.environ:
-                stack.callback(_delete_keys, redis_url, prefix)
-            env = {**os.environ, "BDIA_REDIS_URL": redis_url, "BDIA_KEY_PREFIX": prefix,
-                   "BDIA_MODEL": model, "BDIA_MODELS": model}  # fmt: skip
-            port = _free_port()
-            worker = stack.enter_context(_process("worker", [sys.executable, "-m", "workers"], env, args.out))
-            serve = f"from app.main import serve; serve('127.0.0.1', {port})"
-            api = stack.enter_context(_process("api", [sys.executable, "-c", serve], env, args.out))
-            url = f"http://127.0.0.1:{port}"
-            print(f"Redis {redis_url}{' (private)' if private else ''}; API {url}; worker loading {model!r}…")
-            client = stack.enter_context(BdiaClient(url, timeout=120))
-            _wait_ready(client, [worker, api], args.out)
+        with local_service(model, args.out / "logs") as service, BdiaClient(service.url, timeout=120) as client:
             return _drive(client, _sample(args.image), args.prompt, edits[:2], args.steps, args.out)
+    except RedisMissing:
+        print(NO_REDIS, file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\ninterrupted: everything was shut down", file=sys.stderr)
         return 130
@@ -139,16 +164,16 @@ def _sample(path: Path | None) -> bytes:
     return buffer.getvalue()
 
 
-def _redis(stack: ExitStack, out: Path) -> tuple[str | None, bool]:
-    """(URL, private): ``BDIA_REDIS_URL``, else a private redis-server started here; (None, False) if none."""
+def _redis(stack: ExitStack, logs: Path) -> tuple[str, bool]:
+    """(URL, private): ``BDIA_REDIS_URL``, else a private redis-server started here."""
     if os.environ.get("BDIA_REDIS_URL"):
         return os.environ["BDIA_REDIS_URL"], False
     server = shutil.which("redis-server")
     if server is None:
-        return None, False
+        raise RedisMissing("no redis-server on PATH")
     port = _free_port()
     command = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    process = stack.enter_context(_process("redis", command, dict(os.environ), out))
+    process = stack.enter_context(_process("redis", command, dict(os.environ), logs))
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + 20
     while True:
@@ -157,18 +182,16 @@ def _redis(stack: ExitStack, out: Path) -> tuple[str | None, bool]:
             return url, True
         except redis.ConnectionError:
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not start; see {out / 'logs' / 'redis.log'}") from None
+                raise RuntimeError(f"redis-server did not start; see {logs / 'redis.log'}") from None
             time.sleep(0.05)
 
 
 @contextmanager
-def _process(name: str, command: list[str], env: dict[str, str], out: Path) -> Iterator[subprocess.Popen]:
+def _process(name: str, command: list[str], env: dict[str, str], logs: Path) -> Iterator[subprocess.Popen]:
     """A child process in its own session (Ctrl-C reaches only the demo), stopped on exit."""
-    logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / f"{name}.log", "wb") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        process.name = name  # type: ignore[attr-defined]
         try:
             yield process
         finally:
@@ -181,16 +204,16 @@ def _process(name: str, command: list[str], env: dict[str, str], out: Path) -> I
                     process.wait()
 
 
-def _wait_ready(client: BdiaClient, processes: list[subprocess.Popen], out: Path) -> None:
+def _wait_ready(service: LocalService, logs: Path) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while not client.ready():
-        for process in processes:
-            if process.poll() is not None:
-                name = process.name  # type: ignore[attr-defined]
-                raise SystemExit(f"bdia demo: the {name} exited; see {out / 'logs' / (name + '.log')}")
-        if time.monotonic() > deadline:
-            raise SystemExit(f"bdia demo: not ready after {STARTUP_TIMEOUT_S}s; see {out / 'logs'}")
-        time.sleep(0.2)
+    with BdiaClient(service.url) as client:
+        while not client.ready():
+            for name, process in service.processes.items():
+                if process.poll() is not None:
+                    raise SystemExit(f"bdia demo: the {name} exited; see {logs / (name + '.log')}")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"bdia demo: not ready after {STARTUP_TIMEOUT_S}s; see {logs}")
+            time.sleep(0.2)
 
 
 def _delete_keys(url: str, prefix: str) -> None:

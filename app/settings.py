@@ -46,8 +46,10 @@ class Settings(BaseSettings):
     """A running job whose worker has not renewed its lease for this long is reclaimed."""
     max_deliveries: int = 3
     """A job delivered this many times without finishing goes to the dead-letter stream."""
-    worker_threads: int = 0
-    """torch threads per worker (0: torch's default). Part of the numerics fingerprint on CPU."""
+    worker_threads: int = 1
+    """torch CPU threads per worker (0: torch's default). Part of the numerics fingerprint, so workers
+    with equal settings reproduce each other's bits on any CPU; one thread also avoids oversubscribing
+    a machine that runs several workers (scale with processes)."""
     worker_block_s: float = 1.0
     """How long one blocking read of the queue waits before the worker looks around again."""
 

@@ -1,0 +1,31 @@
+"""``bdia demo``: the whole service driven by the typed client, and a clear message without Redis."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .conftest import REDIS_URL, ROOT
+
+
+def _demo(args: list[str], **env: str) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("BDIA_")}
+    return subprocess.run([sys.executable, "-m", "app.demo", *args], cwd=ROOT, env={**base, **env},
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+
+
+def test_demo_without_redis_says_what_to_install(tmp_path: Path) -> None:
+    done = _demo(["--out", str(tmp_path)], PATH=str(tmp_path))  # no redis-server on this PATH
+    assert done.returncode == 1
+    assert "apt-get install redis-server" in done.stderr and "BDIA_REDIS_URL" in done.stderr
+
+
+def test_demo_end_to_end(tmp_path: Path, redis_client) -> None:
+    done = _demo(["--out", str(tmp_path), "--steps", "5", "--model", "tiny-random"], BDIA_REDIS_URL=REDIS_URL)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "latent max abs error 0 (bit-exact" in done.stdout and "answered from the cache: True" in done.stdout
+    for name in ("source.png", "edit-1.png", "edit-2.png", "reconstruction.png", "inversion.safetensors"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert not list(redis_client.scan_iter(match="bdia-demo-*"))  # it cleaned up after itself
