@@ -10,7 +10,7 @@ import pytest
 
 from bdia.shapes import BACKGROUNDS, COLOURS, KINDS, edit_benchmark, edit_scene, random_scene, scene_rng, validate
 from bdia.shapes.classifier import compare, detect
-from bdia.shapes.scenes import GAP, MARGIN, Scene, Shape, extent
+from bdia.shapes.scenes import GAP, MARGIN, Scene, Shape, extent, render_batch
 
 
 def _scenes(n: int, seed: int = 0) -> list[Scene]:
@@ -41,6 +41,15 @@ def test_scenes_are_valid_and_render_at_any_resolution():
         assert image.shape == (res, res, 3) and image.dtype == np.uint8
         assert masks.shape == (len(scene.shapes), res, res) and masks.min() >= 0 and masks.max() <= 1
         assert (masks.sum(0) <= 1 + 1e-6).all()  # shapes never overlap
+
+
+def test_batch_rendering_is_pixel_identical_to_single_renders():
+    scenes = _scenes(70, seed=5)
+    assert any(any(s.texture) for s in scenes) and not all(any(s.texture) for s in scenes)
+    for res in (32, 64):
+        batch = render_batch(scenes, res)
+        assert batch.shape == (70, res, res, 3)
+        assert all(np.array_equal(batch[i], s.render(res)) for i, s in enumerate(scenes))
 
 
 def test_captions_match_the_scene():

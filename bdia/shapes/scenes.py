@@ -13,6 +13,7 @@ room of the largest kind (``extent``), so an edit that changes a kind keeps ever
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import cache
 
@@ -88,10 +89,11 @@ class Shape:
     center: tuple[float, float]
     size: float
 
-    def outline(self, pixels: float) -> list[float]:
-        """The polygon in pixel coordinates of an image ``pixels`` wide (pixel i spans [i, i+1)),
-        flat: x0, y0, x1, y1, …"""
-        return ((_unit_outline(self.kind) * self.size + np.asarray(self.center)) * pixels).ravel().tolist()
+    def outline(self, pixels: float, offset: tuple[int, int] = (0, 0)) -> list[float]:
+        """The polygon in pixel coordinates of an image ``pixels`` wide (pixel i spans [i, i+1)) whose corner
+        is at ``offset``, flat: x0, y0, x1, y1, …"""
+        points = (_unit_outline(self.kind) * self.size + np.asarray(self.center)) * pixels + np.asarray(offset)
+        return points.ravel().tolist()
 
     @property
     def phrase(self) -> str:
@@ -119,18 +121,7 @@ class Scene:
 
     def render(self, resolution: int = 32, supersample: int = SUPERSAMPLE) -> np.ndarray:
         """The image as an (H, W, 3) uint8 array."""
-        side = resolution * supersample
-        canvas = Image.new("RGB", (side, side), BACKGROUNDS[self.background])
-        draw = ImageDraw.Draw(canvas)
-        for shape in self.shapes:
-            draw.polygon(shape.outline(side), fill=COLOURS[shape.colour])
-        image = np.asarray(canvas.reduce(supersample) if supersample > 1 else canvas)
-        if not any(self.texture):
-            return image
-        ramp = (np.arange(resolution, dtype=np.float32) + 0.5) / resolution * 2 - 1
-        shade = self.texture[0] * ramp[None, :] + self.texture[1] * ramp[:, None]
-        shade *= 1 - _coverage(self.shapes, resolution, supersample)
-        return np.clip(image + shade[..., None] + 0.5, 0, 255).astype(np.uint8)
+        return render_batch((self,), resolution, supersample)[0]
 
     def image(self, resolution: int = 32) -> Image.Image:
         """The image as a PIL RGB image."""
@@ -152,6 +143,48 @@ def _coverage(shapes: tuple[Shape, ...], resolution: int, supersample: int) -> n
     for shape in shapes:
         draw.polygon(shape.outline(side), fill=255)
     return np.asarray(canvas.reduce(supersample) if supersample > 1 else canvas, dtype=np.float32) / 255.0
+
+
+def render_batch(scenes: Sequence[Scene], resolution: int = 32, supersample: int = SUPERSAMPLE) -> np.ndarray:
+    """The images of ``scenes``, an (N, H, W, 3) uint8 array.
+
+    Scenes are drawn as tiles of one supersampled canvas, then box-filtered down (tiles align with the
+    filter, and shapes keep clear of the tile edges, so each image is exactly its own); a textured
+    background adds its gradient where shapes leave it uncovered.
+    """
+    n, side = len(scenes), resolution * supersample
+    cols = max(1, min(n, 4096 // side))
+    rows = -(-n // cols)
+    colour = Image.new("RGB", (cols * side, rows * side), None)  # not initialised: every tile is filled below
+    cover = Image.new("L", colour.size, None)
+    draw_colour, draw_cover = ImageDraw.Draw(colour), ImageDraw.Draw(cover)
+    textured = np.array([any(scene.texture) for scene in scenes])
+    for i, scene in enumerate(scenes):
+        x0, y0 = i % cols * side, i // cols * side
+        draw_colour.rectangle((x0, y0, x0 + side - 1, y0 + side - 1), fill=BACKGROUNDS[scene.background])
+        if textured[i]:
+            draw_cover.rectangle((x0, y0, x0 + side - 1, y0 + side - 1), fill=0)
+        for shape in scene.shapes:
+            outline = shape.outline(side, (x0, y0))
+            draw_colour.polygon(outline, fill=COLOURS[shape.colour])
+            if textured[i]:
+                draw_cover.polygon(outline, fill=255)
+
+    def tiles(canvas: Image.Image) -> np.ndarray:
+        small = np.asarray(canvas.reduce(supersample) if supersample > 1 else canvas)
+        small = small.reshape(rows, resolution, cols, resolution, -1).swapaxes(1, 2)
+        return small.reshape(rows * cols, resolution, resolution, -1)[:n]
+
+    images = tiles(colour)
+    if not textured.any():
+        return images
+    ramp = (np.arange(resolution, dtype=np.float32) + 0.5) / resolution * 2 - 1
+    gradient = np.array([scene.texture for scene in scenes], dtype=np.float32)[textured]
+    shade = gradient[:, 0, None, None] * ramp[None, None, :] + gradient[:, 1, None, None] * ramp[None, :, None]
+    shade *= 1 - tiles(cover)[textured, ..., 0].astype(np.float32) / 255.0
+    images = images.copy()
+    images[textured] = np.clip(images[textured] + shade[..., None] + 0.5, 0, 255).astype(np.uint8)
+    return images
 
 
 def _place(

@@ -36,7 +36,7 @@ from PIL import Image  # noqa: E402
 
 from ..tokenizer import VOCAB_SIZE, byte_level_tokenizer  # noqa: E402
 from .classifier import compare  # noqa: E402
-from .scenes import random_scene, scene_rng  # noqa: E402
+from .scenes import random_scene, render_batch, scene_rng  # noqa: E402
 
 TRAIN_STREAM, CHECK_STREAM = 0, 2  # scene streams (benchmarks use others)
 
@@ -139,7 +139,7 @@ class SceneBatches(torch.utils.data.Dataset):
         rng = scene_rng(self.seed, k, TRAIN_STREAM)
         scenes = [random_scene(rng) for _ in range(self.batch)]
         drop = rng.random(self.batch) < self.uncond
-        images = np.stack([s.render(self.resolution) for s in scenes]).transpose(0, 3, 1, 2)
+        images = render_batch(scenes, self.resolution).transpose(0, 3, 1, 2)
         ids = [self.tokens("" if d else s.caption) for s, d in zip(scenes, drop, strict=True)]
         return torch.from_numpy(np.ascontiguousarray(images)), torch.tensor(ids, dtype=torch.int64)
 
@@ -234,6 +234,16 @@ def save(folder: Path, unet, text_encoder, tokenizer, scheduler, dtype: torch.dt
     pipe.save_pretrained(folder, safe_serialization=True)
 
 
+def _quiet_libraries() -> None:
+    """Only errors from diffusers and transformers (no progress bars, no advice about optional packages)."""
+    import diffusers
+    import transformers
+
+    for library in (diffusers, transformers):
+        library.utils.logging.set_verbosity_error()
+        library.utils.logging.disable_progress_bar()
+
+
 def _lr_factor(progress: float, step: int, warmup: int, floor: float = 0.1) -> float:
     """Linear warm-up over ``warmup`` steps, then cosine decay to ``floor`` at progress 1."""
     if step < warmup:
@@ -243,6 +253,7 @@ def _lr_factor(progress: float, step: int, warmup: int, floor: float = 0.1) -> f
 
 def train(args: argparse.Namespace) -> dict:
     """Train, save to ``args.out``, self-check; returns the run's record (also in ``training.json``)."""
+    _quiet_libraries()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     if args.threads:
