@@ -144,3 +144,9 @@ def test_micro_training_run_writes_a_diffusers_folder(tmp_path):
         eps = unet(torch.zeros(1, 3, 32, 32), 500, encoder_hidden_states=context).sample
     assert eps.shape == (1, 3, 32, 32) and torch.isfinite(eps).all()
     assert (out / "samples.png").is_file() and "self_check" in json.loads((out / "training.json").read_text())
+
+    again = tmp_path / "again"  # reproducible from the seed (on CPU with the same thread count)
+    main(["--out", str(again), "--model", "micro", "--steps", "3", "--batch", "4", "--device", "cpu",
+          "--threads", "1", "--check-samples", "0"])  # fmt: skip
+    for part in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
+        assert (out / part).read_bytes() == (again / part).read_bytes()

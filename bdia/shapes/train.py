@@ -279,7 +279,8 @@ def train(args: argparse.Namespace) -> dict:
     loss_weight = snr.clamp(max=args.min_snr) / snr if args.min_snr > 0 else torch.ones_like(snr)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     data = SceneBatches(args.seed, args.batch, args.resolution, args.uncond, config.max_length, args.steps)
-    workers = args.workers if args.workers is not None else (min(12, (os.cpu_count() or 2) - 2) if cuda else 0)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+    workers = args.workers if args.workers is not None else (max(min(12, cpus - 2), 1) if cuda else 0)
     loader = torch.utils.data.DataLoader(
         data,
         batch_size=None,
@@ -347,6 +348,7 @@ def train(args: argparse.Namespace) -> dict:
         if step == 1:  # the first step pays for warm-up (kernel selection, worker start): not timed
             first_done = window_start = time.monotonic()
             window_steps, wait = 0, 0.0
+            print(f"first step done at {first_done - _START:.1f}s (start-up and warm-up)", flush=True)
         elif step_time is None and window_steps >= 2:
             step_time = (time.monotonic() - window_start) / window_steps
         if step % args.log_every == 0 or step == args.steps:
