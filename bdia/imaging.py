@@ -108,3 +108,12 @@ def psnr(a: Image.Image, b: Image.Image) -> float:
     y = np.asarray(b.convert("RGB"), dtype=np.float64)
     mse = float(np.mean((x - y) ** 2))
     return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+SAMPLE_IMAGE = Path(__file__).parent / "assets" / "sample.png"
+SAMPLE_PROMPT = "a red circle and a blue square on a grey background"
+
+
+def sample_image() -> Image.Image:
+    """The bundled sample image (256 px; its caption is ``SAMPLE_PROMPT``)."""
+    return load_image(SAMPLE_IMAGE)
