@@ -1,4 +1,4 @@
-"""Request dependencies: the services a route uses, authentication and rate limiting."""
+"""What requests need: the services a route uses, authentication and rate limiting."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from redis.asyncio import Redis
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .cache import InversionCache
 from .jobs import JobQueue
@@ -34,7 +35,7 @@ class Services:
         return cls(settings, redis, keys, JobQueue(redis, settings, keys), InversionCache(redis, settings, keys))
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     return request.app.state.services
 
 
@@ -49,14 +50,26 @@ def api_key(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
-async def authorize(request: Request, services: ServicesDep) -> None:
-    """401 ``unauthorized`` unless the deployment has no keys or the request carries one of them."""
-    keys = services.settings.api_key_set
-    if not keys:
-        return
-    given = api_key(request) or ""
-    if not any(hmac.compare_digest(given, key) for key in keys):
-        raise Problem(401, "unauthorized", "a valid API key is required", headers={"WWW-Authenticate": "Bearer"})
+class RequireApiKey:
+    """ASGI middleware: 401 ``unauthorized`` on ``/v1/`` unless the request carries one of the keys.
+
+    A middleware rather than a dependency, so that status polling pays nothing when auth is off.
+    """
+
+    def __init__(self, app: ASGIApp, keys: frozenset[str]) -> None:
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.keys and scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            given = api_key(Request(scope)) or ""
+            if not any(hmac.compare_digest(given, key) for key in self.keys):
+                problem = Problem(
+                    401, "unauthorized", "a valid API key is required", headers={"WWW-Authenticate": "Bearer"}
+                )
+                await problem.response(scope["path"])(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 async def rate_limit(request: Request, services: ServicesDep) -> None:

@@ -67,7 +67,10 @@ class Job(BaseModel):
 
     @classmethod
     def from_hash(cls, fields: dict[bytes, bytes] | dict[str, str]) -> Job:
-        return cls.model_validate({_text(k): json.loads(v) for k, v in fields.items()})
+        """Read back ``to_hash`` output. Not re-validated: only this module writes job hashes, and
+        status polling reads one per request."""
+        known = cls.model_fields
+        return cls.model_construct(**{name: json.loads(v) for k, v in fields.items() if (name := _text(k)) in known})
 
 
 class Event(BaseModel):

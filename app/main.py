@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 
 from . import __doc__ as DESCRIPTION
-from .deps import Services
+from .deps import RequireApiKey, Services
 from .metrics import CountRequests, HttpCounters
 from .parsing import validation_problem
 from .problems import STATUS_CODES, Problem
@@ -47,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.http_counters = HttpCounters()
+    app.add_middleware(RequireApiKey, keys=settings.api_key_set)
     app.add_middleware(CountRequests, counters=app.state.http_counters)
     _add_problem_handlers(app)
 
@@ -89,4 +90,6 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(), host=host, port=port, log_level="info", proxy_headers=True)
+    settings = get_settings()
+    app = create_app(settings)
+    uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=True, access_log=settings.access_log)

@@ -20,6 +20,8 @@ class Settings(BaseSettings):
     """Comma-separated models this deployment serves; empty means just ``model``."""
     api_keys: str = ""
     """Comma-separated bearer tokens; empty means no authentication."""
+    access_log: bool = False
+    """uvicorn's per-request access log (``/metrics`` counts requests either way)."""
 
     # Limits on what a request may ask.
     max_upload_bytes: int = 20 * 1024 * 1024

@@ -5,14 +5,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from ..deps import ServicesDep, authorize, rate_limit
+from ..deps import ServicesDep, rate_limit
 from ..idempotency import idempotent
 from ..jobs import Job
 from ..parsing import Body, check_guidance, check_prompt, image_field, inversion_spec, parse, read_body
 from ..schemas import EditFormIn, EditIn, JobOut, ReconstructionIn
 from .common import PROBLEMS, enqueue, job_response, usable_spec
 
-router = APIRouter(prefix="/v1", tags=["edits"], dependencies=[Depends(authorize)])
+router = APIRouter(prefix="/v1", tags=["edits"])
 
 EDIT_DOC = {
     "requestBody": {

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from ..deps import ServicesDep, authorize, rate_limit
+from ..deps import ServicesDep, rate_limit
 from ..idempotency import idempotent
 from ..jobs import Job
 from ..parsing import image_field, inversion_spec, parse, read_body
@@ -13,7 +13,7 @@ from ..problems import Problem, not_found
 from ..schemas import InversionIn, InversionOut, JobOut
 from .common import PROBLEMS, enqueue, job_response, pending_inversion, pending_job, ready_inversion
 
-router = APIRouter(prefix="/v1/inversions", tags=["inversions"], dependencies=[Depends(authorize)])
+router = APIRouter(prefix="/v1/inversions", tags=["inversions"])
 
 FORM_DOC = {
     "requestBody": {

@@ -8,14 +8,14 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
-from ..deps import ServicesDep, authorize, rate_limit
+from ..deps import ServicesDep, rate_limit
 from ..idempotency import idempotent
 from ..jobs import TERMINAL, Event
 from ..problems import Problem, not_found
 from ..schemas import JobOut
 from .common import PROBLEMS, job_response
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(authorize)])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 KEEPALIVE_MS = 15_000
 
