@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bdia.shapes import BACKGROUNDS, COLOURS, KINDS, edit_benchmark, edit_scene, random_scene, scene_rng, validate
-from bdia.shapes.classifier import compare, detect
+from bdia.shapes.classifier import compare, detect, edit_success
 from bdia.shapes.scenes import GAP, MARGIN, Scene, Shape, extent, render_batch
 
 
@@ -112,6 +112,9 @@ def test_classifier_reads_edits_and_rejects_wrong_scenes():
         target = e.target.render(32)
         assert compare(target, e.target)["ok"]
         assert not compare(target, e.source)["ok"]
+    for e in edit_benchmark(60, seed=3):
+        assert edit_success(e.target.render(32), e)
+        assert not edit_success(e.source.render(32), e)
     blank = Scene((), "white").render(32)
     assert detect(blank).objects == () and detect(blank).background == "white"
 

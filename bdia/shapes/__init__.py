@@ -4,7 +4,7 @@
 ``classifier`` recognises the objects of an image; ``train`` trains the default ``shapes`` model.
 """
 
-from .classifier import DetectedObject, Detection, compare, detect, validate
+from .classifier import DetectedObject, Detection, compare, detect, edit_success, validate
 from .scenes import (
     BACKGROUNDS,
     COLOURS,
@@ -33,6 +33,7 @@ __all__ = [
     "detect",
     "edit_benchmark",
     "edit_scene",
+    "edit_success",
     "random_scene",
     "scene_rng",
     "validate",

@@ -10,11 +10,23 @@ placed at the object's centroid with the object's area, overlaps it best (soft I
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .scenes import BACKGROUNDS, COLOURS, KINDS, Scene, Shape, _unit_outline, random_scene, scene_rng
+from .scenes import (
+    BACKGROUNDS,
+    COLOURS,
+    KINDS,
+    Edit,
+    Scene,
+    Shape,
+    _unit_outline,
+    extent,
+    random_scene,
+    scene_rng,
+)
 
 _PALETTE = np.array(list(COLOURS.values()), dtype=np.float32)
 _COLOUR_NAMES = list(COLOURS)
@@ -199,6 +211,20 @@ def compare(image: np.ndarray | object, scene: Scene, by_position: bool = True) 
         "ok": count_ok and both == len(scene.shapes),
         "detection": found,
     }
+
+
+def edit_success(image: np.ndarray | object, edit: Edit) -> bool:
+    """Whether ``image`` shows the edit: an object with the target's colour and kind where the edited shape
+    is (for ``"remove"``: no object there)."""
+    before, after = edit.edited_shapes
+    anchor = after or before
+    near = [o for o in detect(image).objects if math.dist(o.center, anchor.center) <= extent(anchor.size)]
+    if after is None:
+        return not near
+    if not near:
+        return False
+    found = min(near, key=lambda o: math.dist(o.center, anchor.center))
+    return found.colour == after.colour and found.kind == after.kind
 
 
 def validate(n: int = 500, seed: int = 0, resolution: int = 32, stream: int = 7) -> dict:

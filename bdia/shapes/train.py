@@ -378,11 +378,12 @@ def train(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     save(out, unet.cpu(), text_encoder.cpu(), tokenizer, scheduler, torch.float16 if args.fp16 else torch.float32)
     record = {
-        "command": "python -m bdia.shapes.train " + " ".join(sys.argv[1:]),
+        "command": "python -m bdia.shapes.train " + " ".join(getattr(args, "argv", sys.argv[1:])),
         "args": vars(args),
         "model": asdict(config),
         "parameters": {"unet": n_unet, "text_encoder": n_text},
         "steps_done": step,
+        "stopped_by_time_limit": step < args.steps,
         "train_seconds": round(train_seconds, 1),
         "images_per_second": round(max(step - 1, 0) * args.batch / max(train_seconds, 1e-9), 1),
         "losses": losses,
@@ -434,7 +435,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return train(parse_args(argv))
+    """Run ``python -m bdia.shapes.train`` with ``argv`` (default: the command line)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    args.argv = argv
+    return train(args)
 
 
 if __name__ == "__main__":
