@@ -330,7 +330,7 @@ class JobQueue:
         moved = await self._move(
             job, ("queued", "running"), status, data, ttl=self.settings.job_ttl_s,
             status=status, finished_at=time.time(), result=result, error=error,
-            metrics=metrics or {}, cancel_requested=job.cancel_requested or status == "canceled",
+            metrics=metrics or {}, **({"cancel_requested": True} if status == "canceled" else {}),
         )  # fmt: skip
         if moved:
             await self.redis.hincrby(self.keys.stats, f'jobs_finished_total{{status="{status}"}}', 1)

@@ -45,6 +45,8 @@ class Running:
     job: Job
     delivery: Delivery
     stop: threading.Event = field(default_factory=threading.Event)
+    steps: int = 0
+    """Steps run so far: the NFE a job stopped early has spent."""
     abandon: str | None = None
     """Set when the worker must give the job up rather than cancel it: ``shutdown`` or ``lease lost``."""
 
@@ -93,7 +95,9 @@ class Worker:
                     delivery = await self.queue.claim(
                         self.model_name, self.id, int(self.settings.worker_block_s * 1000)
                     )
-                    if delivery is not None:
+                    if delivery is not None and self.stopping.is_set():  # stopped while waiting: give it back
+                        await self.queue.release(self.model_name, delivery.message_id, self.id)
+                    elif delivery is not None:
                         await self.process(delivery)
                 except RedisError as exc:
                     log.error("Redis error: %s; retrying in 1s", exc)
@@ -139,7 +143,7 @@ class Worker:
             outcome = await self._execute(running)
         except bdia.Canceled:
             if running.abandon is None:
-                await queue.finish(job, "canceled", metrics=self._metrics(job, {}))
+                await queue.finish(job, "canceled", metrics=self._metrics(job, {"nfe": running.steps}))
                 await self._acknowledge(job, delivery)
                 log.info("job %s canceled", job.id)
             elif running.abandon == "shutdown":
@@ -150,8 +154,8 @@ class Worker:
                 log.warning("job %s abandoned: %s", job.id, running.abandon)
             return
         except bdia.BdiaError as exc:
-            await queue.finish(job, "failed", error={"code": exc.code, "detail": str(exc)},
-                               metrics=self._metrics(job, {}))  # fmt: skip
+            error = {"code": exc.code, "detail": str(exc)}
+            await queue.finish(job, "failed", error=error, metrics=self._metrics(job, {"nfe": running.steps}))
             await self._acknowledge(job, delivery)
             log.info("job %s failed: %s", job.id, exc)
             return
@@ -196,6 +200,7 @@ class Worker:
         loop = asyncio.get_running_loop()
 
         def progress(p: Any) -> None:  # called from the compute thread between steps
+            running.steps += 1
             publish = self.queue.progress(job.id, p.step, p.total, p.stage)
             if asyncio.run_coroutine_threadsafe(publish, loop).result(timeout=30):
                 running.cancel_requested()
@@ -222,7 +227,6 @@ class Worker:
         now = time.time()
         started = job.started_at or now
         return {
-            "nfe": 0,
             **metrics,
             "queue_seconds": round(started - job.created_at, 6),
             "run_seconds": round(now - started, 6),
@@ -234,7 +238,7 @@ class Worker:
     async def beat(self) -> None:
         """Announce this worker and its model; renew the lease on the running job."""
         now = time.time()
-        info = {**self.model.info(), "worker": self.id}
+        info = self.model.info()
         presence = {"id": self.id, "model": self.model_name, "host": socket.gethostname(), "pid": os.getpid(),
                     "jobs_done": self.jobs_done, "running": self.running.job.id if self.running else None}  # fmt: skip
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -70,6 +70,7 @@ def test_cancel_running_and_queued_jobs(client: BdiaClient, deployment: Deployme
         final = client.wait(running.id, raise_on_failure=False, timeout=60)
         assert final.status == "canceled"
         assert final.progress is None or final.progress.step < LONG_STEPS
+        assert 0 < final.metrics["nfe"] < LONG_STEPS  # the steps it ran before it stopped
         assert client.cancel(running.id).status == "canceled"
         events = [e.event for e in client.events(running.id)]
         assert events[0] == "queued" and events[-1] == "canceled" and "started" in events
