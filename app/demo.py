@@ -29,8 +29,12 @@ from .client import BdiaClient
 from .keys import Keys
 
 SAMPLE = Path(__file__).resolve().parents[1] / "bdia" / "assets" / "sample.png"
-SOURCE_PROMPT = "a red circle on a grey background"
-EDITS = ("a blue circle on a grey background", "a red square on a grey background")
+SOURCE_PROMPT = "a red circle and a blue square on a grey background"
+"""The sample's caption (``bdia.imaging.SAMPLE_PROMPT``, repeated here: the demo process needs no torch)."""
+EDITS = (
+    "a green circle and a blue square on a grey background",
+    "a red circle and a yellow square on a grey background",
+)
 STARTUP_TIMEOUT_S = 600
 NO_REDIS = """\
 bdia demo: redis-server is not installed, and BDIA_REDIS_URL is not set.
@@ -150,7 +154,7 @@ def _progress(label: str, p: object) -> None:
 
 
 def _sample(path: Path | None) -> bytes:
-    """The image to edit: the one given, the bundled sample, or a red circle drawn here."""
+    """The image to edit: the one given, the bundled sample, or one like it drawn here."""
     if path is not None:
         return path.read_bytes()
     if SAMPLE.exists():
@@ -158,7 +162,9 @@ def _sample(path: Path | None) -> bytes:
     from PIL import Image, ImageDraw
 
     image = Image.new("RGB", (256, 256), (128, 128, 128))
-    ImageDraw.Draw(image).ellipse((78, 78, 178, 178), fill=(220, 38, 38))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((30, 88, 110, 168), fill=(220, 38, 38))
+    draw.rectangle((146, 88, 226, 168), fill=(40, 90, 220))
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
     return buffer.getvalue()
