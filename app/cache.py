@@ -1,7 +1,8 @@
 """The latent-pair cache and its key: content-addressed inversions, checksummed on every read.
 
-An inversion is named by what determines it (``InversionSpec``): the image bytes' sha256, the
-model, the source prompt and the inversion parameters with defaults filled in. The entry holds
+An inversion is named by what determines it (``InversionSpec``): the tenant it belongs to, the
+image bytes' sha256, the model, the source prompt and the inversion parameters with defaults filled
+in. The tenant is part of the name, so one tenant's requests never hit (or time) another's entries. The entry holds
 the engine's safetensors bytes, their sha256 (a mismatch drops the entry, so a corrupt one is
 recomputed and never used) and metadata that records the numerics fingerprint. Entries and the
 uploads they were made from expire ``inversion_ttl_s`` after their last use, and the least
@@ -21,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
 
 from .keys import Keys
-from .settings import Settings
+from .settings import PUBLIC_TENANT, Settings
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class InversionSpec(BaseModel):
 
     model: str
     image_sha256: str
+    tenant: str = PUBLIC_TENANT
     prompt: str = ""
     negative_prompt: str = ""
     steps: int = Field(50, ge=1)
@@ -56,7 +58,7 @@ class InversionSpec(BaseModel):
     @property
     def params(self) -> dict[str, Any]:
         """The inversion parameters, as a job or an inversion shows them."""
-        return self.model_dump(exclude={"model", "image_sha256"})
+        return self.model_dump(exclude={"model", "image_sha256", "tenant"})
 
     @property
     def inversion_id(self) -> str:

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
+from .auth import tenant_of
 from .deps import Services
 from .problems import Problem
 
@@ -31,7 +32,7 @@ async def idempotent(
     if not key or len(key) > MAX_KEY_CHARS:
         raise Problem(422, "invalid_parameter", f"{HEADER} must be 1 to {MAX_KEY_CHARS} characters")
     redis, ttl = services.redis, services.settings.idempotency_ttl_s
-    slot = services.keys.idempotency(request.url.path, key)
+    slot = services.keys.idempotency(f"{tenant_of(request)}:{request.url.path}", key)
     if await redis.set(slot, json.dumps({"fingerprint": fingerprint}), nx=True, ex=ttl):
         try:
             response = await respond()

@@ -21,12 +21,17 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from .keys import GROUP, Keys
-from .settings import Settings
+from .settings import PUBLIC_TENANT, Settings
+from .stats import observe
 
 JobKind = Literal["invert", "edit", "reconstruct"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 EventName = Literal["queued", "started", "progress", "cache_hit", "succeeded", "failed", "canceled"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
+
+
+class TooManyJobs(Exception):
+    """The tenant already has as many unfinished jobs as ``max_jobs_per_tenant`` allows."""
 
 
 def new_job_id() -> str:
@@ -40,6 +45,9 @@ class Job(BaseModel):
     kind: JobKind
     status: JobStatus = "queued"
     model: str
+    tenant: str = PUBLIC_TENANT
+    webhook: str | None = None
+    """Where the terminal event is POSTed (Standard Webhooks), if anywhere."""
     inversion_id: str
     params: dict[str, Any]
     """The request's parameters as validated, defaults filled in."""
@@ -92,23 +100,40 @@ class Delivery:
 
 # --- Lua: every status change is atomic with its event ----------------------------------------
 
-_TRANSITION = """
--- KEYS: job, events, result.  ARGV: allowed statuses ',a,b,', event, event data, ttl, field, value, ...
+_TERMINATE = """
+local function terminate(job, tenant_jobs, outbox, job_id, event)
+  -- A job reached a final status: it no longer counts against its tenant; its webhook is due.
+  redis.call('ZREM', tenant_jobs, job_id)
+  local hook = redis.call('HGET', job, 'webhook')
+  if hook and hook ~= 'null' then redis.call('XADD', outbox, '*', 'job', job_id, 'event', event) end
+end
+"""
+
+_TRANSITION = _TERMINATE + """
+-- KEYS: job, events, result, tenant jobs, outbox.
+-- ARGV: allowed statuses ',a,b,', event, event data, ttl, job id, terminal (0/1), field, value, ...
 local raw = redis.call('HGET', KEYS[1], 'status')
 if not raw then return -1 end
 if not string.find(ARGV[1], ',' .. cjson.decode(raw) .. ',', 1, true) then return 0 end
-for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if ARGV[2] ~= '' then redis.call('XADD', KEYS[2], '*', 'event', ARGV[2], 'data', ARGV[3]) end
 local ttl = tonumber(ARGV[4])
 if ttl > 0 then
   for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ttl) end
 end
+if ARGV[6] == '1' then terminate(KEYS[1], KEYS[4], KEYS[5], ARGV[5], ARGV[2]) end
 return 1
 """
 
 _ENQUEUE = """
--- KEYS: job, events, queue.  ARGV: job id, ttl, event data, field, value, ...
-for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+-- KEYS: job, events, queue, tenant jobs.  ARGV: job id, ttl, event data, cap, now, field, value, ...
+-- Returns the stream entry id, or false when the tenant has ``cap`` unfinished jobs already.
+local cap, now = tonumber(ARGV[4]), tonumber(ARGV[5])
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - tonumber(ARGV[2]))  -- expired without finishing
+if cap > 0 and redis.call('ZCARD', KEYS[4]) >= cap then return false end
+redis.call('ZADD', KEYS[4], now, ARGV[1])
+redis.call('EXPIRE', KEYS[4], tonumber(ARGV[2]))
+for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 local mid = redis.call('XADD', KEYS[3], '*', 'job', ARGV[1])
 redis.call('HSET', KEYS[1], 'message_id', cjson.encode(mid))
 redis.call('XADD', KEYS[2], '*', 'event', 'queued', 'data', ARGV[3])
@@ -117,8 +142,8 @@ redis.call('EXPIRE', KEYS[2], tonumber(ARGV[2]))
 return mid
 """
 
-_CANCEL = """
--- KEYS: job, events, queue.  ARGV: now, ttl.  Returns the status the job has afterwards.
+_CANCEL = _TERMINATE + """
+-- KEYS: job, events, queue, tenant jobs, outbox.  ARGV: now, ttl, job id.  Returns the status afterwards.
 local raw = redis.call('HGET', KEYS[1], 'status')
 if not raw then return false end
 local status = cjson.decode(raw)
@@ -130,6 +155,7 @@ if status == 'queued' then
   if mid and mid ~= cjson.null then redis.call('XDEL', KEYS[3], mid) end
   redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
   redis.call('EXPIRE', KEYS[2], tonumber(ARGV[2]))
+  terminate(KEYS[1], KEYS[4], KEYS[5], ARGV[3], 'canceled')
   return 'canceled'
 end
 if status == 'running' then redis.call('HSET', KEYS[1], 'cancel_requested', 'true') end
@@ -198,14 +224,21 @@ class JobQueue:
     # --- the API's side -------------------------------------------------------------------------
 
     async def submit(self, job: Job) -> Job:
-        """Store the job and queue it, atomically; returns it with its stream entry id."""
+        """Store the job and queue it, atomically; returns it with its stream entry id.
+
+        Raises ``TooManyJobs`` (and queues nothing) when its tenant is at ``max_jobs_per_tenant``.
+        """
         fields = job.to_hash()
         fields.pop("message_id")
-        args: list[Any] = [job.id, self.settings.job_ttl_s, json.dumps({"kind": job.kind})]
+        cap = self.settings.max_jobs_per_tenant
+        args: list[Any] = [job.id, self.settings.job_ttl_s, json.dumps({"kind": job.kind}), cap, job.created_at]
         for name, value in fields.items():
             args += [name, value]
-        keys = [self.keys.job(job.id), self.keys.events(job.id), self.keys.queue(job.model)]
+        keys = [self.keys.job(job.id), self.keys.events(job.id), self.keys.queue(job.model),
+                self.keys.tenant_jobs(job.tenant)]  # fmt: skip
         mid = await self._enqueue(keys=keys, args=args)
+        if mid is None:
+            raise TooManyJobs(f"tenant {job.tenant!r} already has {cap} unfinished jobs")
         await self.redis.hincrby(self.keys.stats, f'jobs_submitted_total{{kind="{job.kind}"}}', 1)
         return job.model_copy(update={"message_id": _text(mid)})
 
@@ -239,11 +272,12 @@ class JobQueue:
         Returns the job's status afterwards (None when there is no such job).
         """
         job_key = self.keys.job(job_id)
-        model = await self.redis.hget(job_key, "model")
+        model, tenant = await self.redis.hmget(job_key, ["model", "tenant"])
         if model is None:
             return None
-        keys = [job_key, self.keys.events(job_id), self.keys.queue(json.loads(model))]
-        status = await self._cancel(keys=keys, args=[json.dumps(time.time()), self.settings.job_ttl_s])
+        tenant_jobs = self.keys.tenant_jobs(json.loads(tenant) if tenant else PUBLIC_TENANT)
+        keys = [job_key, self.keys.events(job_id), self.keys.queue(json.loads(model)), tenant_jobs, self.keys.webhooks]
+        status = await self._cancel(keys=keys, args=[json.dumps(time.time()), self.settings.job_ttl_s, job_id])
         if status == b"canceled":
             await self.redis.hincrby(self.keys.stats, 'jobs_finished_total{status="canceled"}', 1)
         return None if status is None else _text(status)
@@ -333,8 +367,25 @@ class JobQueue:
             metrics=metrics or {}, **({"cancel_requested": True} if status == "canceled" else {}),
         )  # fmt: skip
         if moved:
-            await self.redis.hincrby(self.keys.stats, f'jobs_finished_total{{status="{status}"}}', 1)
+            await self._record(job, status, metrics or {})
         return moved
+
+    async def _record(self, job: Job, status: str, metrics: dict[str, Any]) -> None:
+        """Count a finished job: its latencies, the NFE it spent and the NFE its cached inversion saved."""
+        now, keys = time.time(), self.keys
+        saved = 0
+        if metrics.get("inversion_cached"):
+            meta = await self.redis.hget(keys.inversion(job.inversion_id), "meta")
+            saved = int(json.loads(meta).get("nfe") or 0) if meta else 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hincrby(keys.stats, f'jobs_finished_total{{status="{status}"}}', 1)
+            pipe.hincrby(keys.stats, f'nfe_spent_total{{kind="{job.kind}"}}', int(metrics.get("nfe") or 0))
+            pipe.hincrby(keys.stats, f'nfe_saved_total{{kind="{job.kind}"}}', saved)
+            observe(pipe, keys.histograms, "job_seconds", now - job.created_at, kind=job.kind, status=status)
+            if job.started_at is not None:
+                observe(pipe, keys.histograms, "job_queue_seconds", job.started_at - job.created_at, kind=job.kind)
+                observe(pipe, keys.histograms, "job_run_seconds", now - job.started_at, kind=job.kind)
+            await pipe.execute()
 
     async def requeue(self, job: Job, error: dict[str, Any]) -> bool:
         """running → queued after a failed attempt; the job is delivered again (or dead-lettered)."""
@@ -369,8 +420,10 @@ class JobQueue:
         ttl: int = 0,
         **fields: Any,
     ) -> bool:
-        args: list[Any] = [f",{','.join(allowed)},", event, json.dumps(data), ttl]
+        terminal = "1" if event in TERMINAL else "0"
+        args: list[Any] = [f",{','.join(allowed)},", event, json.dumps(data), ttl, job.id, terminal]
         for name, value in fields.items():
             args += [name, json.dumps(value)]
-        keys = [self.keys.job(job.id), self.keys.events(job.id), self.keys.result(job.id)]
+        keys = [self.keys.job(job.id), self.keys.events(job.id), self.keys.result(job.id),
+                self.keys.tenant_jobs(job.tenant), self.keys.webhooks]  # fmt: skip
         return await self._transition(keys=keys, args=args) == 1

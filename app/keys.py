@@ -16,7 +16,12 @@
 {p}:workers:{model}        sorted set: worker id → last heartbeat (seconds)
 {p}:worker:{id}            string: JSON worker info, expires unless renewed
 {p}:stats                  hash: service-wide counters for ``/metrics``
-{p}:rate:{client}:{minute} counter for rate limiting
+{p}:histograms             hash: service-wide histogram samples for ``/metrics`` (``app.stats``)
+{p}:rate:{tenant}:{minute} counter for rate limiting
+{p}:tenant:{tenant}:jobs   sorted set: the tenant's unfinished job ids → created (seconds)
+{p}:webhooks               stream: outbox of terminal job events to deliver (consumer group ``webhooks``)
+{p}:webhooks:attempts      hash: outbox entry id → deliveries tried
+{p}:webhooks:retry         sorted set: outbox entry id → when to try it again (seconds)
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from dataclasses import dataclass
 
 GROUP = "workers"
 """The consumer group every worker of a model reads its queue through."""
+WEBHOOK_GROUP = "webhooks"
+"""The consumer group webhook dispatchers read the outbox through."""
 
 
 @dataclass(frozen=True)
@@ -85,8 +92,27 @@ class Keys:
     def stats(self) -> str:
         return f"{self.prefix}:stats"
 
-    def rate(self, client: str, minute: int) -> str:
-        return f"{self.prefix}:rate:{client}:{minute}"
+    @property
+    def histograms(self) -> str:
+        return f"{self.prefix}:histograms"
+
+    def rate(self, tenant: str, minute: int) -> str:
+        return f"{self.prefix}:rate:{tenant}:{minute}"
+
+    def tenant_jobs(self, tenant: str) -> str:
+        return f"{self.prefix}:tenant:{tenant}:jobs"
+
+    @property
+    def webhooks(self) -> str:
+        return f"{self.prefix}:webhooks"
+
+    @property
+    def webhook_attempts(self) -> str:
+        return f"{self.prefix}:webhooks:attempts"
+
+    @property
+    def webhook_retry(self) -> str:
+        return f"{self.prefix}:webhooks:retry"
 
     @property
     def pattern(self) -> str:

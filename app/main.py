@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,7 +14,10 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 
 from . import __doc__ as DESCRIPTION
-from .deps import RequireApiKey, Services
+from .auth import ApiKeys, Authenticate
+from .deps import Services
+from .limits import LimitBody
+from .logs import configure_logging
 from .metrics import CountRequests, HttpCounters
 from .parsing import validation_problem
 from .problems import STATUS_CODES, Problem
@@ -26,9 +30,12 @@ log = logging.getLogger("bdia.api")
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The API over the Redis that ``settings`` (default: the ``BDIA_*`` environment) names."""
     settings = settings or get_settings()
+    keys = ApiKeys.from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from .webhooks import Dispatcher
+
         services = Services.connect(settings)
         app.state.services = services
         try:
@@ -36,7 +43,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await services.queue.ensure_group(model)
         except RedisError as exc:  # start anyway; /readyz says what is wrong
             log.warning("Redis at %s is not reachable yet: %s", settings.redis_url, exc)
+        stop = asyncio.Event()
+        dispatcher = Dispatcher(settings, services.redis) if settings.api_webhooks else None
+        delivering = asyncio.create_task(dispatcher.run(stop)) if dispatcher else None
         yield
+        stop.set()
+        if delivering is not None:
+            await delivering
         await services.redis.aclose()
 
     app = FastAPI(
@@ -47,7 +60,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.http_counters = HttpCounters()
-    app.add_middleware(RequireApiKey, keys=settings.api_key_set)
+    app.add_middleware(LimitBody, limit=settings.max_request_bytes)
+    app.add_middleware(Authenticate, keys=keys)
     app.add_middleware(CountRequests, counters=app.state.http_counters)
     _add_problem_handlers(app)
 
@@ -89,7 +103,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     """Run the API under uvicorn (``bdia serve``)."""
     import uvicorn
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
+    configure_logging(settings)
     app = create_app(settings)
-    uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=True, access_log=settings.access_log)
+    uvicorn.run(app, host=host, port=port, log_config=None, proxy_headers=True, access_log=settings.access_log)

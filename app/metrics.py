@@ -1,4 +1,5 @@
-"""``/metrics`` in the Prometheus text format: this process's HTTP counters and the service's state."""
+"""``/metrics`` in the Prometheus text format: this process's HTTP counters and the service's state:
+queue depth, workers, cache usage and hit ratio, job counters and latency histograms, NFE spent and saved."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .deps import Services
+from .stats import labels as _labels
 
 
 @dataclass
@@ -48,11 +50,6 @@ class CountRequests:
             self.counters.seconds[labels] += time.perf_counter() - start
 
 
-def _labels(**labels: object) -> str:
-    inner = ",".join(f'{k}="{str(v).replace(chr(34), chr(39))}"' for k, v in labels.items())
-    return "{" + inner + "}"
-
-
 async def render(services: Services, counters: HttpCounters) -> str:
     """The exposition text: HTTP counters, queue depth, workers, cache usage and job counters."""
     lines: list[str] = []
@@ -87,4 +84,15 @@ async def render(services: Services, counters: HttpCounters) -> str:
         families[base].append(("{" + labels if labels else "", float(value)))
     for base, samples in sorted(families.items()):
         metric(base, "counter", f"Service-wide {base.replace('_', ' ')}.", sorted(samples))
+    hits = sum(v for _, v in families["cache_hits_total"] + families["inversion_requests_cached_total"])
+    looked_up = hits + sum(v for _, v in families["cache_misses_total"])
+    metric("cache_hit_ratio", "gauge", "Inversions needed that the cache already held.",
+           [("", hits / looked_up if looked_up else 0.0)])  # fmt: skip
+    histograms: dict[str, list[tuple[str, str, float]]] = defaultdict(list)
+    for name, value in (await redis.hgetall(keys.histograms)).items():
+        sample, _, labels = name.decode().partition("{")
+        histograms[sample.rsplit("_", 1)[0]].append((sample, "{" + labels if labels else "", float(value)))
+    for base, samples in sorted(histograms.items()):
+        lines.extend([f"# HELP bdia_{base} Seconds, service-wide.", f"# TYPE bdia_{base} histogram"])
+        lines.extend(f"bdia_{sample}{labels} {value:g}" for sample, labels, value in sorted(samples))
     return "\n".join(lines) + "\n"

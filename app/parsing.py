@@ -55,13 +55,11 @@ def validation_problem(errors: list[dict[str, Any]], location: str = "body") -> 
 async def read_body(request: Request, settings: Settings, *, allow_json: bool) -> Body:
     """Parse a multipart (or urlencoded) form, or a JSON object when ``allow_json``; 415 otherwise."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media_type in FORM_MEDIA_TYPES:
-        limit = 2 * settings.max_upload_bytes + 1024 * 1024  # an image, a mask and the fields
-        length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > limit:
-            raise Problem(413, "image_too_large", f"the request body of {length} bytes exceeds {limit}")
+    if media_type in FORM_MEDIA_TYPES:  # its size is limited while it streams in (``limits.LimitBody``)
         try:
             form = await request.form(max_files=4, max_fields=64)
+        except Problem:
+            raise
         except Exception as exc:  # malformed multipart
             raise Problem(400, "bad_request", f"cannot parse the form: {exc}") from None
         fields: dict[str, Any] = {}
@@ -102,8 +100,9 @@ def image_field(body: Body, name: str, settings: Settings, *, required: bool) ->
             raise invalid(name, "field required", code="invalid_parameter")
         return None
     return validate_image(
-        body.files[name], field=name, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels
-    )
+        body.files[name], field=name, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels,
+        max_aspect_ratio=settings.max_aspect_ratio,
+    )  # fmt: skip
 
 
 def check_prompt(settings: Settings, name: str, value: str | None) -> None:
@@ -126,9 +125,9 @@ def check_model(settings: Settings, name: str | None) -> str:
 
 
 def inversion_spec(
-    settings: Settings, params: InversionParamsIn, prompt: str, image: ImageUpload, prompt_field: str
+    settings: Settings, params: InversionParamsIn, prompt: str, image: ImageUpload, prompt_field: str, tenant: str
 ) -> InversionSpec:
-    """The checked spec of an inversion request: limits, the model, and the γ stability bound."""
+    """The checked spec of ``tenant``'s inversion request: limits, the model, and the γ stability bound."""
     check_prompt(settings, prompt_field, prompt)
     check_prompt(settings, "negative_prompt", params.negative_prompt)
     check_guidance(settings, "guidance_scale", params.guidance_scale)
@@ -137,6 +136,7 @@ def inversion_spec(
     spec = InversionSpec(
         model=check_model(settings, params.model),
         image_sha256=image.sha256,
+        tenant=tenant,
         prompt=prompt,
         **params.model_dump(include=set(InversionParamsIn.model_fields) - {"model"}),
     )

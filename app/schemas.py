@@ -21,6 +21,8 @@ def iso(timestamp: float | None) -> str | None:
 
 # --- requests ---------------------------------------------------------------------------------
 
+WEBHOOK_DOC = "a URL to POST the job's final event to (Standard Webhooks signature); see docs/operations.md"
+
 
 class InversionParamsIn(BaseModel):
     """The inversion parameters a request may give (multipart form fields), with their defaults."""
@@ -41,6 +43,7 @@ class InversionIn(InversionParamsIn):
     """``POST /v1/inversions`` form fields besides the ``image`` file."""
 
     prompt: str = Field("", description="the source prompt: what the image shows (may be empty)")
+    webhook: str | None = Field(None, description=WEBHOOK_DOC)
 
 
 class EditFormIn(InversionParamsIn):
@@ -48,6 +51,7 @@ class EditFormIn(InversionParamsIn):
 
     source_prompt: str = ""
     prompt: str
+    webhook: str | None = Field(None, description=WEBHOOK_DOC)
 
 
 class EditIn(BaseModel):
@@ -59,6 +63,7 @@ class EditIn(BaseModel):
     prompt: str
     guidance_scale: float | None = Field(None, ge=0, description="default: the inversion's")
     negative_prompt: str | None = Field(None, description="default: the inversion's")
+    webhook: str | None = Field(None, description=WEBHOOK_DOC)
 
 
 class ReconstructionIn(BaseModel):
@@ -67,6 +72,7 @@ class ReconstructionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     inversion_id: str
+    webhook: str | None = Field(None, description=WEBHOOK_DOC)
 
 
 # --- responses --------------------------------------------------------------------------------

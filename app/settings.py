@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -18,14 +19,24 @@ class Settings(BaseSettings):
     """The default model: used when a request names none, and the one ``bdia worker`` loads."""
     models: str = ""
     """Comma-separated models this deployment serves; empty means just ``model``."""
+    redis_timeout_s: float = 2.0
+    """Connect and read timeout of Redis calls: an unreachable Redis fails requests fast (503)."""
     api_keys: str = ""
-    """Comma-separated bearer tokens; empty means no authentication."""
+    """Comma-separated ``tenant:key`` pairs (a bare ``key`` belongs to tenant ``default``); ``tenant:sha256:HEX``
+    names a key by its digest. Empty, with no ``api_keys_file``, means no authentication (a warning is logged)."""
+    api_keys_file: str = ""
+    """A file of the same entries, one a line (``#`` comments); read at start."""
     access_log: bool = False
     """uvicorn's per-request access log (``/metrics`` counts requests either way)."""
+    log_format: Literal["text", "json"] = "text"
+    """``json``: one JSON object per log line, with ``job_id`` when the message names a job."""
+    log_level: str = "INFO"
 
     # Limits on what a request may ask.
     max_upload_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 16_000_000
+    max_aspect_ratio: float = 20.0
+    """Longer side over shorter side: beyond it an upload is refused (fitting it would blow up or lose it)."""
     max_prompt_chars: int = 1000
     max_steps: int = 1000
     gamma_bound: float = 30.0
@@ -33,7 +44,11 @@ class Settings(BaseSettings):
     max_queue: int = 1000
     """Queued jobs per model beyond which submissions get 503 ``queue_full``."""
     rate_limit_per_minute: int = 0
-    """Submissions (POSTs) per client per minute; 0 turns rate limiting off."""
+    """Submissions (POSTs) per tenant (per client address when open) per minute; 0 turns it off."""
+    max_jobs_per_tenant: int = 100
+    """Unfinished (queued or running) jobs one tenant may have; more get 429 ``rate_limited``. 0: no cap."""
+    job_timeout_s: float = 900.0
+    """A job running longer than this fails with ``job_timeout`` (enforced by the worker); 0: no limit."""
 
     # Retention.
     job_ttl_s: int = 24 * 3600
@@ -54,6 +69,22 @@ class Settings(BaseSettings):
     a machine that runs several workers (scale with processes)."""
     worker_block_s: float = 1.0
     """How long one blocking read of the queue waits before the worker looks around again."""
+    reconnect_max_s: float = 30.0
+    """Longest wait between a worker's attempts to reach Redis again (the wait doubles from 0.5 s)."""
+
+    # Webhooks.
+    webhook_secret: str = ""
+    """The deployment's Standard Webhooks signing secret (``whsec_`` + base64); empty: webhooks are refused."""
+    webhook_secrets: str = ""
+    """Comma-separated ``tenant:whsec_…`` secrets that override ``webhook_secret`` for those tenants."""
+    webhook_max_attempts: int = 8
+    """Deliveries of one event before it is given up (and counted in ``bdia_webhooks_total``)."""
+    webhook_backoff_s: float = 1.0
+    """Wait before the second delivery; it doubles for each further attempt, up to 10 minutes."""
+    webhook_timeout_s: float = 10.0
+    """How long a receiver may take to answer one delivery."""
+    api_webhooks: bool = True
+    """The API process also runs a webhook dispatcher (any number may run: they share the outbox)."""
 
     @property
     def served_models(self) -> tuple[str, ...]:
@@ -61,13 +92,18 @@ class Settings(BaseSettings):
         return tuple(dict.fromkeys(names or [self.model]))
 
     @property
-    def api_key_set(self) -> frozenset[str]:
-        return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
+    def max_request_bytes(self) -> int:
+        """The largest request body: two images (an image and a mask) and the form fields."""
+        return 2 * self.max_upload_bytes + 1024 * 1024
 
     @property
     def heartbeat_s(self) -> float:
         """How often a worker renews its lease and its presence: three times per lease."""
         return self.lease_s / 3
+
+
+PUBLIC_TENANT = "public"
+"""The tenant of every request when no API keys are configured."""
 
 
 @lru_cache

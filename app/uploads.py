@@ -43,8 +43,15 @@ class ImageUpload:
         return sha256(self.data)
 
 
-def validate_image(data: bytes, *, field: str, max_bytes: int, max_pixels: int) -> ImageUpload:
-    """Check an uploaded image, cheapest checks first; raise a ``Problem`` naming ``field``."""
+def validate_image(
+    data: bytes, *, field: str, max_bytes: int, max_pixels: int, max_aspect_ratio: float = 20.0
+) -> ImageUpload:
+    """Check an uploaded image, cheapest checks first; raise a ``Problem`` naming ``field``.
+
+    Refused: over the byte or pixel limits, not PNG/JPEG/WebP by its bytes, truncated or corrupt,
+    animated, or more elongated than ``max_aspect_ratio``. Accepted and normalised by the worker:
+    any mode (CMYK, 16-bit, palette, alpha) and EXIF orientation.
+    """
     if len(data) > max_bytes:
         raise Problem(413, "image_too_large", f"{field}: {len(data)} bytes exceeds the limit of {max_bytes}")
     if not data:
@@ -60,6 +67,12 @@ def validate_image(data: bytes, *, field: str, max_bytes: int, max_pixels: int) 
                 width, height = img.size
                 if width * height > max_pixels:
                     raise _too_many_pixels(field, width, height, max_pixels)
+                if width < 1 or height < 1:
+                    raise _invalid(field, "the image has no pixels")
+                if max(width, height) > max_aspect_ratio * min(width, height):
+                    raise _invalid(field, f"{width}×{height} is more elongated than {max_aspect_ratio:g}:1")
+                if getattr(img, "n_frames", 1) > 1:
+                    raise _invalid(field, "animated images are not supported: send a single frame")
                 img.verify()  # structure and checksums, without decoding
             with Image.open(io.BytesIO(data), formats=formats) as img:
                 img.load()  # a truncated or corrupt file fails here

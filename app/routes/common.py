@@ -8,8 +8,8 @@ from fastapi.responses import JSONResponse
 
 from ..cache import CachedInversion, InversionSpec
 from ..deps import Services
-from ..jobs import Job
-from ..problems import MEDIA_TYPE, Problem
+from ..jobs import Job, TooManyJobs
+from ..problems import MEDIA_TYPE, Problem, not_found
 from ..schemas import InversionOut, JobOut, ProblemOut, iso
 
 PROBLEMS: dict[int | str, dict[str, Any]] = {
@@ -35,7 +35,8 @@ async def job_response(services: Services, job: Job, status: int = 200) -> JSONR
 
 
 async def enqueue(services: Services, job: Job) -> Job:
-    """Queue a job; 503 ``queue_full`` when its model's queue is full."""
+    """Queue a job; 503 ``queue_full`` when its model's queue is full, 429 ``rate_limited`` when its
+    tenant has too many unfinished jobs."""
     depth = await services.queue.depth(job.model)
     if depth >= services.settings.max_queue:
         raise Problem(
@@ -44,7 +45,24 @@ async def enqueue(services: Services, job: Job) -> Job:
             f"{depth} jobs are waiting for model {job.model!r}; try again later",
             headers={"Retry-After": "5"},
         )
-    return await services.queue.submit(job)
+    try:
+        return await services.queue.submit(job)
+    except TooManyJobs as exc:
+        raise Problem(429, "rate_limited", f"{exc}: wait for some to finish", headers={"Retry-After": "5"}) from None
+
+
+async def owned_job(services: Services, job_id: str, tenant: str) -> Job:
+    """The job, if it exists and belongs to ``tenant``; else 404 (another tenant's job does not exist)."""
+    job = await services.queue.get(job_id)
+    if job is None or job.tenant != tenant:
+        raise not_found(f"job {job_id!r}")
+    return job
+
+
+async def owned_spec(services: Services, inversion_id: str, tenant: str) -> InversionSpec | None:
+    """What the inversion is of, if it is known and belongs to ``tenant``."""
+    spec = await services.cache.spec(inversion_id)
+    return spec if spec is not None and spec.tenant == tenant else None
 
 
 def inversion_urls(inversion_id: str) -> dict[str, str]:
@@ -93,9 +111,9 @@ async def pending_job(services: Services, inversion_id: str) -> Job | None:
     return job if job is not None and not job.done else None
 
 
-async def usable_spec(services: Services, inversion_id: str) -> InversionSpec:
-    """The spec of an inversion that exists, or can be made again from its stored upload; else 404."""
-    spec = await services.cache.spec(inversion_id)
+async def usable_spec(services: Services, inversion_id: str, tenant: str) -> InversionSpec:
+    """The spec of ``tenant``'s inversion that exists, or can be made again from its stored upload; else 404."""
+    spec = await owned_spec(services, inversion_id, tenant)
     if spec is not None:
         keys, redis = services.keys, services.redis
         if await redis.exists(keys.inversion(inversion_id), keys.blob(spec.image_sha256)):

@@ -8,25 +8,24 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
-from ..deps import ServicesDep, rate_limit
+from ..auth import tenant_of
+from ..deps import LONGEST_BLOCK_S, ServicesDep
 from ..idempotency import idempotent
 from ..jobs import TERMINAL, Event
+from ..limits import rate_limit
 from ..problems import Problem, not_found
 from ..schemas import JobOut
-from .common import PROBLEMS, job_response
+from .common import PROBLEMS, job_response, owned_job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-KEEPALIVE_MS = 15_000
+KEEPALIVE_MS = LONGEST_BLOCK_S * 1000
 
 
 @router.get("/{job_id}", responses={200: {"model": JobOut}, **PROBLEMS})
-async def get_job(job_id: str, services: ServicesDep) -> Response:
+async def get_job(job_id: str, request: Request, services: ServicesDep) -> Response:
     """The job: status, queue position while queued, progress, params, metrics, result or error."""
-    job = await services.queue.get(job_id)
-    if job is None:
-        raise not_found(f"job {job_id!r}")
-    return await job_response(services, job)
+    return await job_response(services, await owned_job(services, job_id, tenant_of(request)))
 
 
 def _sse(event: Event) -> str:
@@ -45,8 +44,7 @@ async def job_events(job_id: str, request: Request, services: ServicesDep) -> St
     the stream ends after ``succeeded``, ``failed`` or ``canceled``.
     """
     queue = services.queue
-    if await queue.get(job_id) is None:
-        raise not_found(f"job {job_id!r}")
+    await owned_job(services, job_id, tenant_of(request))
     after = request.headers.get("last-event-id") or "0"
 
     async def stream() -> AsyncIterator[str]:
@@ -72,7 +70,10 @@ async def job_events(job_id: str, request: Request, services: ServicesDep) -> St
 async def cancel_job(job_id: str, request: Request, services: ServicesDep) -> Response:
     """Cancel (idempotent): a queued job is canceled now, a running one stops at its next step."""
 
+    tenant = tenant_of(request)
+
     async def respond() -> Response:
+        await owned_job(services, job_id, tenant)
         if await services.queue.cancel(job_id) is None:
             raise not_found(f"job {job_id!r}")
         job = await services.queue.get(job_id)
@@ -88,11 +89,9 @@ async def cancel_job(job_id: str, request: Request, services: ServicesDep) -> Re
     response_class=Response,
     responses={200: {"content": {"image/png": {}}, "description": "The output image"}, **PROBLEMS},
 )
-async def job_result(job_id: str, services: ServicesDep) -> Response:
+async def job_result(job_id: str, request: Request, services: ServicesDep) -> Response:
     """The output image (PNG) of a finished edit or reconstruction."""
-    job = await services.queue.get(job_id)
-    if job is None:
-        raise not_found(f"job {job_id!r}")
+    job = await owned_job(services, job_id, tenant_of(request))
     if job.kind == "invert":
         raise Problem(
             404,
