@@ -169,9 +169,17 @@ class DiffusionModel:
             embeddings = self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask)[0]
         return embeddings.to(self.device, self.text_encoder.dtype)
 
-    def predict(self, latents: torch.Tensor, timestep: int, embeddings: torch.Tensor) -> torch.Tensor:
-        """The raw UNet output for a batch (ε or v, per ``prediction_type``), in the model dtype."""
-        t = torch.tensor(int(timestep), dtype=torch.int64, device=self.device)
+    def predict(self, latents: torch.Tensor, timestep: int | torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        """The raw UNet output for a batch (ε or v, per ``prediction_type``), in the model dtype.
+
+        ``timestep`` is one int for every row, or a tensor with one timestep per row.
+        """
+        if isinstance(timestep, torch.Tensor):
+            t = timestep.to(self.device, torch.int64)
+            if t.ndim == 1 and t.shape[0] != latents.shape[0]:
+                raise InvalidParameter(f"got {t.shape[0]} timesteps for a batch of {latents.shape[0]}")
+        else:
+            t = torch.tensor(int(timestep), dtype=torch.int64, device=self.device)
         with torch.no_grad():
             return self.unet(
                 latents.to(self.device, self.dtype),

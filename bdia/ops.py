@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from . import imaging, numerics
+from .batching import Job, Layout, bind, conditioning, drive
 from .denoiser import Denoiser
 from .errors import InvalidParameter
 from .grid import LevelGrid
@@ -74,11 +75,6 @@ def _denoiser(model: DiffusionModel, grid: LevelGrid, prompt: str, guidance_scal
     return Denoiser(model, grid, prompt, guidance_scale=guidance_scale, negative_prompt=negative)
 
 
-def _fingerprint(model: DiffusionModel, denoiser: Denoiser) -> dict[str, str]:
-    layout = denoiser.layout
-    return numerics.fingerprint(model, batch_size=layout["batch_size"], slot=layout["slot"])
-
-
 def invert(
     model: DiffusionModel,
     image: ImageLike,
@@ -113,15 +109,31 @@ def invert_latent(
     params: InversionParams,
     *,
     keep_trajectory: bool = True,
+    layout: Layout = Layout(),
     callback: Callback = None,
     cancel: Cancel = None,
 ) -> Inversion:
     """Invert a clean latent ``z0`` ([1, C, h, w], the UNet's latent space) under validated ``params``."""
+    job = inverting(model, z0, params, keep_trajectory=keep_trajectory, layout=layout)
+    return drive(model, job, callback=callback, cancel=cancel)
+
+
+def inverting(
+    model: DiffusionModel,
+    z0: torch.Tensor,
+    params: InversionParams,
+    *,
+    keep_trajectory: bool = True,
+    layout: Layout = Layout(),
+) -> Job[Inversion]:
+    """``invert_latent`` as a job (``bdia.batching``): its network evaluations in ``layout``, run by any driver."""
     started = time.perf_counter()
     grid = LevelGrid.from_scheduler(model.scheduler, params.steps)
     lattice = params.lattice()
     levels = params.levels
-    denoiser = _denoiser(model, grid, params.prompt, params.guidance_scale, params.negative_prompt, params.exact)
+    if params.exact:
+        numerics.configure_determinism(model)
+    cond = conditioning(model, grid, params.prompt, params.guidance_scale, params.negative_prompt)
     z0 = lattice.encode(z0.to(model.device))
     start = lattice.decode(z0)
     trajectory: list[torch.Tensor] | None = [] if keep_trajectory and params.method == "bdia" else None
@@ -131,14 +143,20 @@ def invert_latent(
         walk = edict_invert(grid, start, levels=levels)
     else:
         walk = ddim_invert(grid, start, levels=levels)
-    result = run(walk, denoiser, total=nfe(params.method, levels, "invert"), stage="invert",
-                 callback=callback, cancel=cancel)
+    total = nfe(params.method, levels, "invert")
+    result = yield from bind(walk, cond, layout, total=total, stage="invert")
     z_hi, z_lo = result if isinstance(result, tuple) else (result, result)
     return Inversion(
-        params=params, z_hi=z_hi, z_lo=z_lo, z0=z0, fingerprint=_fingerprint(model, denoiser),
-        nfe=denoiser.nfe, seconds=time.perf_counter() - started,
+        params=params, z_hi=z_hi, z_lo=z_lo, z0=z0, fingerprint=layout_fingerprint(model, layout),
+        nfe=total, seconds=time.perf_counter() - started,
         trajectory=None if trajectory is None else torch.stack(trajectory).squeeze(1),
     )
+
+
+def layout_fingerprint(model: DiffusionModel, layout: Layout) -> dict[str, str]:
+    """The numerics fingerprint of ``model`` computing in ``layout`` (SPEC §5)."""
+    layout = Layout(*layout)
+    return numerics.fingerprint(model, batch_size=layout.batch_size, slot=layout.slot)
 
 
 def latent_mask(mask: ImageLike | torch.Tensor, model: DiffusionModel) -> torch.Tensor:
@@ -170,6 +188,7 @@ def regenerate(
     guidance_scale: float | None = None,
     negative_prompt: str | None = None,
     mask: ImageLike | torch.Tensor | None = None,
+    layout: Layout | None = None,
     callback: Callback = None,
     cancel: Cancel = None,
 ) -> Regeneration:
@@ -177,22 +196,40 @@ def regenerate(
 
     With the source prompt, the same guidance and a matching numerics fingerprint, exact mode gives
     the source latent back bit for bit. ``mask`` (white = may change) keeps the rest of the latent
-    on the source trajectory at every level.
+    on the source trajectory at every level. ``layout`` defaults to the one the inversion recorded.
     """
+    job = regenerating(model, inversion, prompt, guidance_scale=guidance_scale, negative_prompt=negative_prompt,
+                       mask=mask, layout=layout)  # fmt: skip
+    return drive(model, job, callback=callback, cancel=cancel)
+
+
+def regenerating(
+    model: DiffusionModel,
+    inversion: Inversion,
+    prompt: str | None = None,
+    *,
+    guidance_scale: float | None = None,
+    negative_prompt: str | None = None,
+    mask: ImageLike | torch.Tensor | None = None,
+    layout: Layout | None = None,
+) -> Job[Regeneration]:
+    """``regenerate`` as a job (``bdia.batching``); ``layout`` defaults to the inversion's own."""
     started = time.perf_counter()
     params = inversion.params
     if params.model != model.name:
         raise InvalidParameter(f"this inversion was made with model {params.model!r}, not {model.name!r}")
+    layout = Layout(*layout) if layout is not None else (Layout.of(inversion.fingerprint) or Layout())
     inversion = inversion.to(model.device)
     grid = LevelGrid.from_scheduler(model.scheduler, params.steps)
     lattice = params.lattice()
-    denoiser = _denoiser(
+    if params.exact:
+        numerics.configure_determinism(model)
+    cond = conditioning(
         model, grid,
         params.prompt if prompt is None else prompt,
         params.guidance_scale if guidance_scale is None else guidance_scale,
         params.negative_prompt if negative_prompt is None else negative_prompt,
-        params.exact,
-    )
+    )  # fmt: skip
     levels = params.levels
     guide = None if mask is None else _mask_guide(inversion, latent_mask(mask, model))
     if params.method == "bdia":
@@ -204,15 +241,15 @@ def regenerate(
         walk = edict_sample(grid, inversion.z_hi, inversion.z_lo, start=levels)
     else:
         walk = ddim_sample(grid, inversion.z_hi, start=levels)
-    result = run(walk, denoiser, total=nfe(params.method, levels, "sample"), stage="regenerate",
-                 callback=callback, cancel=cancel)
+    total = nfe(params.method, levels, "sample")
+    result = yield from bind(walk, cond, layout, total=total, stage="regenerate")
     state = result[1] if params.method == "bdia" else result[0] if isinstance(result, tuple) else result
     z0 = lattice.decode(state)
-    fingerprint = _fingerprint(model, denoiser)
+    fingerprint = layout_fingerprint(model, layout)
     match = numerics.fingerprint_id(fingerprint) == inversion.fingerprint_id
     error = float((z0.double() - lattice.decode(inversion.z0).double()).abs().max())
     return Regeneration(
-        z0=z0, image=imaging.decode(model, z0), nfe=denoiser.nfe, seconds=time.perf_counter() - started,
+        z0=z0, image=imaging.decode(model, z0), nfe=total, seconds=time.perf_counter() - started,
         latent_max_abs_error=error, fingerprint=fingerprint, fingerprint_match=match,
         exact=params.fixed_point and match,
     )
@@ -315,8 +352,11 @@ __all__ = [
     "initial_noise",
     "invert",
     "invert_latent",
+    "inverting",
     "latent_mask",
+    "layout_fingerprint",
     "regenerate",
+    "regenerating",
     "roundtrip",
     "sample",
 ]

@@ -1,7 +1,8 @@
 """One job's numerics on a loaded model: pure computation, no Redis.
 
-The worker loop gathers a job's inputs, calls ``run_task`` in a thread, and stores what it
-returns; keeping the two apart lets a later worker batch several jobs' network calls per step.
+``task_job`` is a task as a ``bdia.batching`` job: a generator that yields its network requests
+(in the task's numerics layout) and returns the ``Outcome``. The worker advances several of them
+side by side, one shared network call per step; ``run_task`` runs one alone.
 """
 
 from __future__ import annotations
@@ -15,8 +16,13 @@ from typing import Any
 import bdia
 from app.cache import InversionSpec
 from bdia import imaging
+from bdia.batching import Job, Layout, drive
+from bdia.ops import inverting, regenerating
 
 log = logging.getLogger(__name__)
+
+SOLO = Layout(1, 0)
+"""The layout of a job run alone: a batch of one."""
 
 
 class InputsGone(bdia.BdiaError):
@@ -37,6 +43,8 @@ class Task:
     cached: bytes | None = None
     """The cached inversion's safetensors bytes (checksum already verified), if any."""
     mask: bytes | None = None
+    layout: Layout = SOLO
+    """Where this task's sample sits in every network call (recorded in the fingerprints it makes)."""
 
 
 @dataclass
@@ -58,6 +66,24 @@ def run_task(
     callback: Callable[[bdia.Progress], None] | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> Outcome:
+    """Run one task alone (its network calls still in ``task.layout``)."""
+    return drive(model, task_job(model, task, gamma_bound=gamma_bound), callback=callback, cancel=cancel)
+
+
+def preferred_layout(task: Task, batch_size: int) -> Layout | None:
+    """The layout that reproduces the bits of the task's cached inversion (None when any layout will do).
+
+    A reconstruction needs the inversion's own layout to be bit-exact; other work prefers it too
+    (so that ``fingerprint_match`` holds) but only within the worker's batch size.
+    """
+    inversion = _cached(task)
+    layout = None if inversion is None else Layout.of(inversion.fingerprint)
+    if layout is None or (task.kind != "reconstruct" and layout.batch_size != batch_size):
+        return None
+    return layout
+
+
+def task_job(model: bdia.DiffusionModel, task: Task, *, gamma_bound: float) -> Job[Outcome]:
     """Invert (unless ``task.cached`` holds the inversion) and, for edits and reconstructions, regenerate."""
     spec = task.spec
     inversion = _cached(task)
@@ -65,12 +91,13 @@ def run_task(
     if inversion is None:
         if task.image is None:
             raise InputsGone(f"the upload of {spec.inversion_id} has expired: submit the image again")
-        inversion = bdia.invert(
-            model, task.image, spec.prompt,
-            steps=spec.steps, strength=spec.strength, guidance_scale=spec.guidance_scale, gamma=spec.gamma,
-            exact=spec.exact, method=spec.method, negative_prompt=spec.negative_prompt,
-            gamma_bound=gamma_bound, callback=callback, cancel=cancel,
-        )  # fmt: skip
+        params = bdia.InversionParams(
+            model=model.name, prompt=spec.prompt, negative_prompt=spec.negative_prompt, steps=spec.steps,
+            strength=spec.strength, guidance_scale=spec.guidance_scale, gamma=spec.gamma, exact=spec.exact,
+            method=spec.method,
+        ).validate(gamma_bound)
+        picture = imaging.fit_to_model(imaging.load_image(task.image), model.height, model.width)
+        inversion = yield from inverting(model, imaging.encode(model, picture), params, layout=task.layout)
         outcome.inversion = inversion.to_bytes()
         outcome.inversion_meta = inversion_meta(inversion, spec)
         outcome.metrics["inversion_nfe"] = inversion.nfe
@@ -87,12 +114,12 @@ def run_task(
         return outcome
 
     reconstruct = task.kind == "reconstruct"
-    regeneration = bdia.regenerate(
+    regeneration = yield from regenerating(
         model, inversion,
         None if reconstruct else task.params["prompt"],
         guidance_scale=None if reconstruct else task.params.get("guidance_scale"),
         negative_prompt=None if reconstruct else task.params.get("negative_prompt"),
-        mask=task.mask, callback=callback, cancel=cancel,
+        mask=task.mask, layout=task.layout,
     )  # fmt: skip
     picture = regeneration.image
     outcome.image_png = png(picture)

@@ -149,6 +149,7 @@ def deployment_env(prefix: str, **settings: str) -> dict[str, str]:
         BDIA_LEASE_S="1.5",
         BDIA_WORKER_THREADS="1",
         BDIA_WORKER_BLOCK_S="0.2",
+        BDIA_BATCH_SIZE="1",  # these tests count one running job per worker; tests/test_batching.py batches
         PYTHONUNBUFFERED="1",
     )
     env.update({f"BDIA_{k.upper()}": v for k, v in settings.items()})

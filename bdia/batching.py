@@ -1,0 +1,260 @@
+"""Many walks, one network call: the batched evaluator behind continuous batching (SPEC §5).
+
+A walk (``bdia.sampling``) yields ``(z, level)`` and receives ε. ``bind`` turns it into a
+*job*: a generator of ``Request``s that also carry the job's conditioning (grid, prompt
+embeddings, guidance scale) and its numerics ``Layout``. ``evaluate`` answers a list of
+requests from different jobs — each with its own level, grid, prompts, guidance and state
+dtype — in as few network calls as the layouts allow, and returns each job's ε̂ through
+``guided_eps``.
+
+Exactness: the bits of a network output depend on the batch size and on the sample's slot,
+and not on what shares the batch once those are fixed. Every job therefore keeps one
+``Layout(batch_size, slot)`` for its whole life, and every call ``evaluate`` makes has exactly
+``batch_size`` rows per guidance half, the job's rows at its slot (padding fills the slots no
+job uses). A request's ε̂ is then bit-identical to ``Denoiser(batch_size=…, slot=…)``'s, alone
+or in any company, so the layout recorded in the fingerprint is the whole story.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+from typing import Generic, NamedTuple, TypeVar
+
+import torch
+
+from .denoiser import guided_eps
+from .errors import Canceled, InvalidParameter
+from .grid import LevelGrid
+from .models import DiffusionModel
+from .sampling import Progress, Walk
+
+Tensor = torch.Tensor
+T = TypeVar("T")
+
+
+class Layout(NamedTuple):
+    """Where a job's sample sits in every network call: ``slot`` of ``batch_size`` rows per guidance half."""
+
+    batch_size: int = 1
+    slot: int = 0
+
+    def check(self) -> Layout:
+        b, s = self.batch_size, self.slot
+        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+            raise InvalidParameter(f"batch size must be a positive integer, got {b!r}")
+        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < b:
+            raise InvalidParameter(f"slot must be in 0…{b - 1} for batch size {b}, got {s!r}")
+        return self
+
+    @classmethod
+    def of(cls, fingerprint: dict[str, str] | None) -> Layout | None:
+        """The layout a numerics fingerprint records (None when it records none)."""
+        try:
+            return cls(int(fingerprint["batch_size"]), int(fingerprint["slot"])).check()  # type: ignore[index]
+        except (KeyError, TypeError, ValueError, InvalidParameter):
+            return None
+
+
+@dataclass(frozen=True, eq=False)
+class Conditioning:
+    """What a job's network rows are conditioned on: its grid, prompt embeddings and guidance scale.
+
+    ``embeddings`` is [halves, L, D]: [uncond, cond] when guided (scale ≠ 1), else [cond].
+    """
+
+    grid: LevelGrid
+    embeddings: Tensor
+    guidance_scale: float = 1.0
+
+    @property
+    def guided(self) -> bool:
+        return self.guidance_scale != 1
+
+    @property
+    def halves(self) -> int:
+        return 2 if self.guided else 1
+
+
+def conditioning(model: DiffusionModel, grid: LevelGrid, prompt: str, guidance_scale: float = 1.0,
+                 negative_prompt: str = "") -> Conditioning:  # fmt: skip
+    """Encode a job's prompts once (each separately, like ``Denoiser`` and diffusers)."""
+    if grid.prediction_type != model.prediction_type:
+        raise InvalidParameter(
+            f"the level grid is for {grid.prediction_type} but {model.name!r} predicts {model.prediction_type}"
+        )
+    guidance_scale = float(guidance_scale)
+    halves = [model.encode_prompt([negative_prompt])] if guidance_scale != 1 else []
+    halves.append(model.encode_prompt([prompt]))
+    return Conditioning(grid, torch.cat(halves), guidance_scale)
+
+
+class Request(NamedTuple):
+    """One network evaluation a job needs: ε̂(z, level) under ``cond``, computed in ``layout``."""
+
+    z: Tensor
+    level: int
+    cond: Conditioning
+    layout: Layout
+    progress: Progress
+
+
+#: A job: yields requests, receives ε̂ for each, returns its result.
+Job = Generator[Request, Tensor, T]
+
+
+def bind(walk: Walk[T], cond: Conditioning, layout: Layout, *, total: int, stage: str) -> Job[T]:
+    """A walk as a job: each (z, level) it yields becomes a ``Request`` in ``layout`` under ``cond``."""
+    layout = Layout(*layout).check()
+    step = 0
+    try:
+        request = next(walk)
+        while True:
+            step += 1
+            eps = yield Request(request[0], request[1], cond, layout, Progress(step, total, stage))
+            request = walk.send(eps)
+    except StopIteration as done:
+        return done.value
+
+
+# --- the batched call --------------------------------------------------------------------------
+
+
+def plan(requests: Sequence[Request]) -> list[list[int]]:
+    """Group requests into network calls: one layout (batch size, halves) per call, one job per slot.
+
+    Returns the calls as lists of indices into ``requests``, in order of first appearance.
+    Jobs that share a batch size and guidance and sit in distinct slots share one call.
+    """
+    calls: list[tuple[tuple[int, int], set[int], list[int]]] = []
+    for index, request in enumerate(requests):
+        key = (request.layout.batch_size, request.cond.halves)
+        for call_key, slots, members in calls:
+            if call_key == key and request.layout.slot not in slots:
+                slots.add(request.layout.slot)
+                members.append(index)
+                break
+        else:
+            calls.append((key, {request.layout.slot}, [index]))
+    return [members for _, _, members in calls]
+
+
+def _call(model: DiffusionModel, requests: Sequence[Request]) -> list[Tensor]:
+    """One network call for requests of one layout in distinct slots; each request's raw rows."""
+    batch, halves = requests[0].layout.batch_size, requests[0].cond.halves
+    shape = requests[0].z.shape[1:]
+    first = requests[0]
+    # Padding: zeros at the first request's timestep and prompts (neighbours do not change the bits).
+    x = torch.zeros((batch, *shape), device=model.device, dtype=model.dtype)
+    t = torch.full((batch,), first.cond.grid.timestep(first.level), device=model.device, dtype=torch.int64)
+    emb = first.cond.embeddings.to(model.device).unsqueeze(1).repeat(1, batch, 1, 1)  # [halves, batch, L, D]
+    for r in requests:
+        if r.z.ndim != 4 or r.z.shape[0] != 1 or r.z.shape[1:] != shape:
+            raise InvalidParameter(f"requests in one call need one [1, C, h, w] shape, got {tuple(r.z.shape)}")
+        s = r.layout.slot
+        x[s] = r.z[0].to(model.device, model.dtype)
+        t[s] = r.cond.grid.timestep(r.level)
+        emb[:, s] = r.cond.embeddings.to(model.device)
+    out = model.predict(x.repeat(halves, 1, 1, 1), t.repeat(halves), emb.flatten(0, 1))
+    return [out[r.layout.slot :: batch] for r in requests]
+
+
+def evaluate(model: DiffusionModel, requests: Sequence[Request]) -> list[Tensor]:
+    """ε̂ for every request (in z's dtype and device), in as few network calls as ``plan`` allows."""
+    eps: list[Tensor | None] = [None] * len(requests)
+    for members in plan(requests):
+        group = [requests[i] for i in members]
+        for i, r, raw in zip(members, group, _call(model, group), strict=True):
+            eps[i] = guided_eps(raw, r.z, r.level, r.cond.grid, r.cond.guidance_scale)
+    return eps  # type: ignore[return-value]
+
+
+# --- driving jobs ------------------------------------------------------------------------------
+
+
+def drive(
+    model: DiffusionModel,
+    job: Job[T],
+    *,
+    callback: Callable[[Progress], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> T:
+    """Run one job to its end, alone (checking ``cancel`` before every network evaluation)."""
+    try:
+        request = next(job)
+        while True:
+            if cancel is not None and cancel():
+                job.close()
+                p = request.progress
+                raise Canceled(f"canceled during {p.stage} at step {p.step - 1}/{p.total}")
+            (eps,) = evaluate(model, [request])
+            if callback is not None:
+                callback(request.progress)
+            request = job.send(eps)
+    except StopIteration as done:
+        return done.value
+
+
+class Lane(Generic[T]):
+    """A job advanced one network evaluation at a time, side by side with others (see ``advance``).
+
+    After each ``advance`` a lane is pending (``request`` set), ``done`` (``result``) or failed (``error``);
+    ``progress`` is that of its latest evaluation.
+    """
+
+    def __init__(self, job: Job[T]) -> None:
+        self.job = job
+        self.started = False
+        self.request: Request | None = None
+        self.progress: Progress | None = None
+        self.evaluations = 0
+        """Network evaluations this lane has received (its NFE so far)."""
+        self.done = False
+        self.result: T | None = None
+        self.error: BaseException | None = None
+
+    @property
+    def live(self) -> bool:
+        return not self.done and self.error is None
+
+    def _resume(self, eps: Tensor | None) -> None:
+        try:
+            self.request = self.job.send(eps) if self.started else next(self.job)
+            self.started = True
+        except StopIteration as finished:
+            self.request, self.done, self.result = None, True, finished.value
+        except Exception as exc:  # the job failed, not the batch
+            self.request, self.error = None, exc
+
+    def close(self) -> None:
+        """Abandon the job (its generator is closed; nothing more is computed for it)."""
+        self.job.close()
+        self.request = None
+
+
+def advance(model: DiffusionModel, lanes: Sequence[Lane]) -> None:
+    """Start lanes that have not started, then give every pending lane one ε̂ from a shared evaluation.
+
+    A lane's own failure stays in its ``error``; a failure of the shared network call fails
+    every lane that took part in it.
+    """
+    for lane in lanes:
+        if lane.live and not lane.started:
+            lane._resume(None)
+    pending = [lane for lane in lanes if lane.live and lane.request is not None]
+    if not pending:
+        return
+    try:
+        eps = evaluate(model, [lane.request for lane in pending])  # type: ignore[misc]
+    except Exception as exc:
+        for lane in pending:
+            lane.error = exc
+        return
+    for lane, value in zip(pending, eps, strict=True):
+        lane.progress = lane.request.progress  # type: ignore[union-attr]
+        lane.evaluations += 1
+        lane._resume(value)
+
+
+__all__ = ["Conditioning", "Job", "Lane", "Layout", "Request", "advance", "bind", "conditioning", "drive",
+           "evaluate", "plan"]
