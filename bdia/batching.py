@@ -23,7 +23,6 @@ from typing import Generic, NamedTuple, TypeVar
 
 import torch
 
-from .denoiser import guided_eps
 from .errors import Canceled, InvalidParameter
 from .grid import LevelGrid
 from .models import DiffusionModel
@@ -115,6 +114,24 @@ def bind(walk: Walk[T], cond: Conditioning, layout: Layout, *, total: int, stage
             request = walk.send(eps)
     except StopIteration as done:
         return done.value
+
+
+def guided_eps(raw: torch.Tensor, z: torch.Tensor, level: int, grid: LevelGrid, guidance_scale: float) -> torch.Tensor:
+    """ε̂ for one sample from its raw network rows ([uncond, cond] when guided, else [cond]).
+
+    The guidance combine is diffusers' arithmetic in the network dtype; a v prediction is then
+    converted with ε = α_i·v + σ_i·z in float64 (SPEC §1). Returns ε̂ in z's dtype and device.
+    """
+    rows = 2 if guidance_scale != 1 else 1
+    if raw.shape[0] != rows:
+        raise ValueError(f"expected {rows} raw row(s) for guidance scale {guidance_scale}, got {raw.shape[0]}")
+    if rows == 2:
+        uncond, cond = raw.chunk(2)
+        raw = uncond + guidance_scale * (cond - uncond)
+    out = raw.to(z.device)
+    if grid.prediction_type == "v_prediction":
+        out = grid.alpha(level) * out.to(torch.float64) + grid.sigma(level) * z.to(torch.float64)
+    return out.to(z.dtype)
 
 
 # --- the batched call --------------------------------------------------------------------------
@@ -257,4 +274,4 @@ def advance(model: DiffusionModel, lanes: Sequence[Lane]) -> None:
 
 
 __all__ = ["Conditioning", "Job", "Lane", "Layout", "Request", "advance", "bind", "conditioning", "drive",
-           "evaluate", "plan"]
+           "evaluate", "guided_eps", "plan"]
