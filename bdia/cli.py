@@ -1,4 +1,4 @@
-"""The ``bdia`` command line: sample, invert, edit, roundtrip, and the service's serve/worker/demo.
+"""The ``bdia`` command line: sample, invert, edit, roundtrip, and the service's serve/worker/webhooks/demo.
 
 Bad input ends with one line on stderr and a non-zero exit; progress bars appear only when
 stderr is a terminal.
@@ -163,6 +163,12 @@ def cmd_worker(args: argparse.Namespace, rest: list[str]) -> int:
     return worker_main(rest)
 
 
+def cmd_webhooks(args: argparse.Namespace, rest: list[str]) -> int:
+    from app.webhooks import main as webhooks_main
+
+    return webhooks_main(rest)
+
+
 def cmd_demo(args: argparse.Namespace, rest: list[str]) -> int:
     from app.demo import main as demo_main
 
@@ -247,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="run a queue worker (options: bdia worker --help)", add_help=False)
     p.set_defaults(handler=cmd_worker, passthrough=True)
+
+    p = sub.add_parser("webhooks", help="deliver job webhooks (options: bdia webhooks --help)", add_help=False)
+    p.set_defaults(handler=cmd_webhooks, passthrough=True)
 
     p = sub.add_parser("demo", help="the end-to-end demo (options: bdia demo --help)", add_help=False)
     p.set_defaults(handler=cmd_demo, passthrough=True)
