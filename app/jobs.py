@@ -310,10 +310,9 @@ class JobQueue:
 
     async def release(self, model: str, message_id: str, consumer: str) -> None:
         """Give a job back without finishing it: mark its lease expired so any worker reclaims it now."""
-        await self.redis.execute_command(
-            "XCLAIM", self.keys.queue(model), GROUP, consumer, 0, message_id,
-            "IDLE", self.lease_ms * 10, "JUSTID",
-        )  # fmt: skip
+        await self.redis.xclaim(
+            self.keys.queue(model), GROUP, consumer, 0, [message_id], idle=self.lease_ms * 10, justid=True
+        )
 
     async def ack(self, model: str, message_id: str) -> None:
         """Done with a stream entry: acknowledge it and drop it from the stream."""
