@@ -37,6 +37,7 @@ from redis.exceptions import RedisError
 from app.cache import InversionCache
 from app.jobs import Delivery, Job, JobQueue
 from app.keys import Keys
+from app.logs import configure_logging
 from app.settings import Settings
 
 if TYPE_CHECKING:
@@ -66,6 +67,8 @@ class Running:
     canceled: bool = False
     abandon: str | None = None
     """Set when the worker must give the job up rather than cancel it: ``shutdown`` or ``lease lost``."""
+    admitted: float = dataclasses.field(default_factory=time.monotonic)
+    timed_out: bool = False
 
     @property
     def steps(self) -> int:
@@ -77,6 +80,22 @@ class Running:
 
     def give_up(self, reason: str) -> None:
         self.abandon = reason
+
+
+class Backoff:
+    """A doubling pause (0.5 s up to ``limit``) between attempts to reach Redis; ``reset`` after a success."""
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.next = 0.5
+
+    def reset(self) -> None:
+        self.next = 0.5
+
+    async def wait(self, why: str) -> None:
+        log.error("%s; retrying in %.1fs", why, self.next)
+        await asyncio.sleep(self.next)
+        self.next = min(self.next * 2, self.limit)
 
 
 class Worker:
@@ -108,9 +127,18 @@ class Worker:
             running.give_up("shutdown")
 
     async def run(self) -> None:
-        """Consume jobs until ``stop()``: settle finished jobs, refill their places, run one step, repeat."""
-        await self.queue.ensure_group(self.model_name)
-        await self.beat()
+        """Consume jobs until ``stop()``: settle finished jobs, refill their places, run one step, repeat.
+
+        While Redis is unreachable the worker waits and tries again, the wait doubling from 0.5 s up to
+        ``reconnect_max_s``."""
+        pause = Backoff(self.settings.reconnect_max_s)
+        while not self.stopping.is_set():
+            try:
+                await self.queue.ensure_group(self.model_name)
+                await self.beat()
+                break
+            except RedisError as exc:
+                await pause.wait(f"Redis unreachable at start ({exc})")
         heartbeat = asyncio.create_task(self._heartbeats())
         log.info("worker %s serving %s (batch size %d, lease %.1fs)", self.id, self.model_name, self.batch_size,
                  self.settings.lease_s)  # fmt: skip
@@ -121,9 +149,9 @@ class Worker:
                     if not self.stopping.is_set():
                         await self._fill()
                     await self._step()
+                    pause.reset()
                 except RedisError as exc:
-                    log.error("Redis error: %s; retrying in 1s", exc)
-                    await asyncio.sleep(1)
+                    await pause.wait(f"Redis error ({exc})")
         finally:
             heartbeat.cancel()
             await self._unregister()
@@ -228,9 +256,12 @@ class Worker:
 
     async def _settle(self) -> None:
         """Finish every job that is done, failed, canceled or given up, freeing its place."""
+        timeout = self.settings.job_timeout_s
         for running in list(self.active.values()):
             lane = running.lane
-            if running.abandon is None and not running.canceled and lane.live:
+            if timeout > 0 and lane.live and time.monotonic() - running.admitted > timeout:
+                running.timed_out = True
+            if running.abandon is None and not running.canceled and lane.live and not running.timed_out:
                 continue
             del self.active[running.job.id]
             if lane.live:
@@ -250,6 +281,11 @@ class Worker:
             log.info("job %s given back: worker stopping", job.id)
         elif running.abandon is not None:  # the lease was lost: another worker owns the job now
             log.warning("job %s abandoned: %s", job.id, running.abandon)
+        elif running.timed_out:
+            error = {"code": "job_timeout", "detail": f"ran longer than {self.settings.job_timeout_s:g}s"}
+            await queue.finish(job, "failed", error=error, metrics=self._metrics(job, {"nfe": running.steps}))
+            await self._acknowledge(job, delivery)
+            log.warning("job %s timed out", job.id)
         elif isinstance(lane.error, bdia.BdiaError):
             error = {"code": lane.error.code, "detail": str(lane.error)}
             await queue.finish(job, "failed", error=error, metrics=self._metrics(job, {"nfe": running.steps}))
@@ -349,11 +385,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", help="worker id (default: host-pid-random)")
     parser.add_argument("--log-level", default=os.environ.get("BDIA_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
     overrides = {k: v for k, v in {"model": args.model, "redis_url": args.redis_url,
                                    "worker_threads": args.threads}.items() if v is not None}  # fmt: skip
-    settings = Settings(**overrides)
+    settings = Settings(**overrides, log_level=args.log_level)
+    configure_logging(settings)
     import torch
 
     import bdia

@@ -160,8 +160,8 @@ def test_redis_restarted_with_aof_keeps_queued_jobs_and_workers_reconnect(tmp_pa
             server.kill()
 
 
-def test_a_poisoned_job_is_dead_lettered_and_blocks_nothing(redis_client, tmp_path) -> None:
-    deployment = start_deployment(redis_client, tmp_path / "logs", ["p0"], max_deliveries="2")
+def test_a_poisoned_job_is_dead_lettered_and_blocks_nothing_and_a_long_job_times_out(redis_client, tmp_path) -> None:
+    deployment = start_deployment(redis_client, tmp_path / "logs", ["p0"], max_deliveries="2", job_timeout_s="2")
     try:
         settings = Settings(redis_url=deployment.env["BDIA_REDIS_URL"], key_prefix=deployment.prefix)
 
@@ -183,6 +183,11 @@ def test_a_poisoned_job_is_dead_lettered_and_blocks_nothing(redis_client, tmp_pa
         assert failed.status == "failed" and failed.error.code == "max_deliveries_exceeded"
         dead = [fields for _, fields in redis_client.xrange(deployment.keys.dead_letter)]
         assert [f[b"job"].decode() for f in dead] == [poisoned] and int(dead[0][b"deliveries"]) == 3
+
+        with BdiaClient(deployment.url, timeout=10) as client:
+            endless = client.invert(make_png(5), "x", steps=900).job.id
+            timed_out = client.wait(endless, timeout=60, raise_on_failure=False)
+        assert timed_out.status == "failed" and timed_out.error.code == "job_timeout"
     finally:
         deployment.stop()
         delete_prefix(redis_client, deployment.prefix)
