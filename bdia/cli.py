@@ -125,7 +125,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
     model = _load(args, args.model or inversion.params.model)
     with progress_bar(args.progress) as callback:
         result = regenerate(model, inversion, args.prompt, guidance_scale=args.guidance,
-                            negative_prompt=args.negative_prompt, mask=args.mask, callback=callback)
+                            negative_prompt=args.negative_prompt, mask=args.mask, gamma=args.gamma,
+                            callback=callback)
     _save_image(result.image, args.output)
     exactness = "exact" if result.exact else "near-exact" if not result.fingerprint_match else "float"
     print(f"wrote {args.output} ({result.nfe} NFE, {result.seconds:.2f} s; "
@@ -230,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--negative-prompt", default=None)
     p.add_argument("--guidance", type=float, default=None, help="default: the inversion's")
     p.add_argument("--mask", default=None, help="image: white = may change, elsewhere the source is kept")
+    p.add_argument("--gamma", type=float, default=None,
+                   help="the regeneration's γ (default: the inversion's); < 1 damps colour casts in edits")
     p.add_argument("--output", required=True, help="PNG to write")
     p.set_defaults(handler=cmd_edit)
 

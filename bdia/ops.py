@@ -24,6 +24,8 @@ from .inversion import STATE_DTYPES, Inversion, InversionParams
 from .models import DiffusionModel
 from .sampling import (
     DEFAULT_GAMMA_BOUND,
+    FixedPoint,
+    FloatLattice,
     Guide,
     Progress,
     bdia_invert,
@@ -145,7 +147,7 @@ def inverting(
         walk = ddim_invert(grid, start, levels=levels)
     total = nfe(params.method, levels, "invert")
     result = yield from bind(walk, cond, layout, total=total, stage="invert")
-    z_hi, z_lo = result if isinstance(result, tuple) else (result, result)
+    z_hi, z_lo = result if isinstance(result, tuple) else (result, result.clone())
     return Inversion(
         params=params, z_hi=z_hi, z_lo=z_lo, z0=z0, fingerprint=layout_fingerprint(model, layout),
         nfe=total, seconds=time.perf_counter() - started,
@@ -172,11 +174,11 @@ def latent_mask(mask: ImageLike | torch.Tensor, model: DiffusionModel) -> torch.
     return (m > 0.5).to(model.device)
 
 
-def _mask_guide(inversion: Inversion, mask: torch.Tensor) -> Guide:
+def _mask_guide(trajectory: torch.Tensor | None, mask: torch.Tensor) -> Guide:
     """Keep every level's state outside the mask on the source trajectory (SPEC §5 makes it exact)."""
-    if inversion.trajectory is None:
+    if trajectory is None:
         raise InvalidParameter("a masked edit needs an inversion that kept its trajectory (BDIA, keep_trajectory)")
-    trajectory = inversion.trajectory.to(mask.device)
+    trajectory = trajectory.to(mask.device)
     return lambda level, state: torch.where(mask, state, trajectory[level].unsqueeze(0))
 
 
@@ -188,6 +190,7 @@ def regenerate(
     guidance_scale: float | None = None,
     negative_prompt: str | None = None,
     mask: ImageLike | torch.Tensor | None = None,
+    gamma: float | None = None,
     layout: Layout | None = None,
     callback: Callback = None,
     cancel: Cancel = None,
@@ -197,9 +200,14 @@ def regenerate(
     With the source prompt, the same guidance and a matching numerics fingerprint, exact mode gives
     the source latent back bit for bit. ``mask`` (white = may change) keeps the rest of the latent
     on the source trajectory at every level. ``layout`` defaults to the one the inversion recorded.
+
+    ``gamma`` (BDIA only) is the regeneration's own γ, by default the inversion's. Sampling damps
+    the mismatch between BDIA's two interleaved states by γ per step (SPEC §4), so an edit
+    regenerated with γ < 1 from an exact γ = 1 inversion loses the colour casts γ = 1 lets through;
+    it runs on a float64 state and is never exact.
     """
     job = regenerating(model, inversion, prompt, guidance_scale=guidance_scale, negative_prompt=negative_prompt,
-                       mask=mask, layout=layout)  # fmt: skip
+                       mask=mask, gamma=gamma, layout=layout)  # fmt: skip
     return drive(model, job, callback=callback, cancel=cancel)
 
 
@@ -211,6 +219,7 @@ def regenerating(
     guidance_scale: float | None = None,
     negative_prompt: str | None = None,
     mask: ImageLike | torch.Tensor | None = None,
+    gamma: float | None = None,
     layout: Layout | None = None,
 ) -> Job[Regeneration]:
     """``regenerate`` as a job (``bdia.batching``); ``layout`` defaults to the inversion's own."""
@@ -231,10 +240,19 @@ def regenerating(
         params.negative_prompt if negative_prompt is None else negative_prompt,
     )  # fmt: skip
     levels = params.levels
-    guide = None if mask is None else _mask_guide(inversion, latent_mask(mask, model))
+    gamma = params.gamma if gamma is None else float(gamma)
+    if gamma != params.gamma:
+        if params.method != "bdia":
+            raise InvalidParameter("a regeneration's own gamma applies to BDIA inversions only")
+        check_gamma(gamma, levels, inverting=False)
+    hi, lo, trajectory = inversion.z_hi, inversion.z_lo, inversion.trajectory
+    if gamma != params.gamma and isinstance(lattice, FixedPoint):  # γ < 1 cannot stay on the integer lattice
+        decode, lattice = lattice.decode, FloatLattice(torch.float64)
+        hi, lo = decode(hi), decode(lo)
+        trajectory = None if trajectory is None else decode(trajectory)
+    guide = None if mask is None else _mask_guide(trajectory, latent_mask(mask, model))
     if params.method == "bdia":
-        walk = bdia_sample(grid, inversion.z_hi, inversion.z_lo, start=levels, gamma=params.gamma,
-                           lattice=lattice, guide=guide)
+        walk = bdia_sample(grid, hi, lo, start=levels, gamma=gamma, lattice=lattice, guide=guide)
     elif guide is not None:
         raise InvalidParameter("masked edits need a BDIA inversion")
     elif params.method == "edict":
@@ -247,11 +265,11 @@ def regenerating(
     z0 = lattice.decode(state)
     fingerprint = layout_fingerprint(model, layout)
     match = numerics.fingerprint_id(fingerprint) == inversion.fingerprint_id
-    error = float((z0.double() - lattice.decode(inversion.z0).double()).abs().max())
+    error = float((z0.double() - params.lattice().decode(inversion.z0).double()).abs().max())
     return Regeneration(
         z0=z0, image=imaging.decode(model, z0), nfe=total, seconds=time.perf_counter() - started,
         latent_max_abs_error=error, fingerprint=fingerprint, fingerprint_match=match,
-        exact=params.fixed_point and match,
+        exact=params.fixed_point and match and gamma == params.gamma,
     )
 
 

@@ -152,6 +152,22 @@ def test_masked_edit_keeps_the_source_outside_the_mask(tiny_model, test_image):
     assert not torch.equal(edit.z0[..., ~keep], source[..., ~keep])
 
 
+def test_an_edit_may_regenerate_with_its_own_gamma(tiny_model, test_image):
+    inversion = bdia.invert(tiny_model, test_image, "a red square", steps=12)
+    same = bdia.regenerate(tiny_model, inversion, gamma=1.0)
+    assert same.exact and same.latent_max_abs_error == 0.0
+    damped = bdia.regenerate(tiny_model, inversion, gamma=0.5)
+    assert not damped.exact and damped.z0.dtype == torch.float64 and damped.latent_max_abs_error > 0
+    masked = bdia.regenerate(tiny_model, inversion, "a green triangle", gamma=0.0, mask=torch.zeros(8, 8))
+    assert torch.equal(masked.z0, inversion.lattice.decode(inversion.z0))
+    with pytest.raises(bdia.InvalidParameter, match="gamma"):
+        bdia.regenerate(tiny_model, inversion, gamma=1.5)
+    ddim = bdia.invert(tiny_model, test_image, steps=6, method="ddim", exact=False)
+    assert bdia.Inversion.from_bytes(ddim.to_bytes()).z_hi.shape == ddim.z_hi.shape
+    with pytest.raises(bdia.InvalidParameter, match="BDIA"):
+        bdia.regenerate(tiny_model, ddim, gamma=0.5)
+
+
 def test_params_refuse_bad_values():
     for kwargs, word in [({"steps": 0}, "steps"), ({"strength": 0.0}, "strength"), ({"strength": 1.5}, "strength"),
                          ({"method": "euler"}, "method"), ({"guidance_scale": -1.0}, "guidance")]:
