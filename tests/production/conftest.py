@@ -6,14 +6,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
+import redis
 from fastapi.testclient import TestClient
-from service.conftest import REDIS_URL, prefix, redis_client  # noqa: F401 (fixtures)
+from service.conftest import REDIS_URL, Deployment, delete_prefix, prefix, redis_client, start_deployment  # noqa: F401
 
 from app.main import create_app
 from app.settings import Settings
 
 ALICE, BOB = "alice-key-0123456789abcdef", "bob-key-0123456789abcdef"
 KEYS = f"alice:{ALICE},bob:{BOB}"
+WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -45,3 +47,15 @@ def api(prefix: str) -> Iterator[Callable[..., TestClient]]:  # noqa: F811
     yield make
     for client in clients:
         client.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def production(redis_client: redis.Redis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:  # noqa: F811
+    """The API and one worker configured as in production: two tenants' keys, webhooks, JSON logs."""
+    running = start_deployment(
+        redis_client, tmp_path_factory.mktemp("production"), ["prod0"], api_keys=KEYS, webhook_secret=WEBHOOK_SECRET,
+        webhook_backoff_s="0.2", log_format="json", max_upload_bytes=str(2 * 1024 * 1024),
+    )  # fmt: skip
+    yield running
+    running.stop()
+    delete_prefix(redis_client, running.prefix)
