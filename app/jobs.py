@@ -109,7 +109,9 @@ local function terminate(job, tenant_jobs, outbox, job_id, event)
 end
 """
 
-_TRANSITION = _TERMINATE + """
+_TRANSITION = (
+    _TERMINATE
+    + """
 -- KEYS: job, events, result, tenant jobs, outbox.
 -- ARGV: allowed statuses ',a,b,', event, event data, ttl, job id, terminal (0/1), field, value, ...
 local raw = redis.call('HGET', KEYS[1], 'status')
@@ -124,6 +126,7 @@ end
 if ARGV[6] == '1' then terminate(KEYS[1], KEYS[4], KEYS[5], ARGV[5], ARGV[2]) end
 return 1
 """
+)
 
 _ENQUEUE = """
 -- KEYS: job, events, queue, tenant jobs.  ARGV: job id, ttl, event data, cap, now, field, value, ...
@@ -142,7 +145,9 @@ redis.call('EXPIRE', KEYS[2], tonumber(ARGV[2]))
 return mid
 """
 
-_CANCEL = _TERMINATE + """
+_CANCEL = (
+    _TERMINATE
+    + """
 -- KEYS: job, events, queue, tenant jobs, outbox.  ARGV: now, ttl, job id.  Returns the status afterwards.
 local raw = redis.call('HGET', KEYS[1], 'status')
 if not raw then return false end
@@ -161,6 +166,7 @@ end
 if status == 'running' then redis.call('HSET', KEYS[1], 'cancel_requested', 'true') end
 return status
 """
+)
 
 _RENEW = """
 -- KEYS: queue.  ARGV: group, message id, consumer.  Renews the lease only if the consumer still holds it.
