@@ -69,6 +69,11 @@ class LevelGrid:
         ddim = DDIMScheduler.from_config(config)
         ddim.set_timesteps(steps)
         ts = sorted(int(t) for t in ddim.timesteps)
+        if ts[-1] >= train_steps or ts[0] < 0:
+            raise InvalidParameter(
+                f"steps={steps} puts a timestep at {ts[-1]} with {config.get('timestep_spacing', 'leading')} spacing, "
+                f"outside this model's 0…{train_steps - 1}: use fewer steps"
+            )
         table = ddim.alphas_cumprod.double()
         final = float(ddim.final_alpha_cumprod)
         return cls(

@@ -38,9 +38,18 @@ def load_image(source: bytes | str | Path | Image.Image) -> Image.Image:
         except (OSError, SyntaxError, ValueError) as exc:
             raise InvalidImage(f"{what} is a truncated or corrupt image ({exc})") from exc
     try:
-        return ImageOps.exif_transpose(image).convert("RGB")
+        return _to_rgb(ImageOps.exif_transpose(image))
     except (OSError, ValueError) as exc:
         raise InvalidImage(f"cannot convert the image to RGB ({exc})") from exc
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """RGB, scaling 16- and 32-bit integer greyscale down to 8 bits (PIL's ``convert`` would clip at 255)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        wide = np.asarray(image, dtype=np.uint32 if image.mode == "I" else np.uint16).astype(np.float64)
+        top = 65535.0 if image.mode != "I" or wide.max() <= 65535 else float(wide.max())
+        image = Image.fromarray(np.round(wide * (255.0 / top)).astype(np.uint8), "L")
+    return image.convert("RGB")
 
 
 def fit_to_model(image: Image.Image, height: int, width: int) -> Image.Image:

@@ -135,3 +135,19 @@ def test_psnr():
     assert 40 < psnr(image, shifted) < math.inf
     with pytest.raises(InvalidParameter, match="sizes"):
         psnr(image, picture(16, 16))
+
+
+def test_sixteen_bit_greyscale_is_scaled_not_clipped():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from bdia.imaging import load_image
+
+    ramp = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)
+    data = io.BytesIO()
+    Image.fromarray(ramp).save(data, "PNG")
+    pixels = np.asarray(load_image(data.getvalue()))[..., 0]
+    assert pixels.min() == 0 and pixels.max() == 255
+    assert 100 < pixels.mean() < 155  # clipping at 255 would put the mean near 255

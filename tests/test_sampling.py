@@ -31,7 +31,7 @@ def test_grid_takes_the_schedulers_own_timesteps(spacing, steps):
 
 def test_grid_refuses_bad_steps():
     scheduler = DDIMScheduler(**SD_SCHEDULE)
-    for bad in (0, -3, 1001):
+    for bad in (0, -3, 1000, 1001):  # 1000 leading steps with offset 1 would reach timestep 1000
         with pytest.raises(bdia.InvalidParameter, match="steps"):
             LevelGrid.from_scheduler(scheduler, bad)
 
