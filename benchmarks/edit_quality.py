@@ -33,6 +33,7 @@ from bdia.inversion import InversionParams
 from bdia.models import DiffusionModel
 from bdia.ops import initial_noise
 from bdia.sampling import (
+    FloatLattice,
     Guide,
     bdia_invert,
     bdia_sample,
@@ -49,14 +50,17 @@ from bdia.shapes.train import CHECK_STREAM
 
 Tensor = torch.Tensor
 
-#: name → (InversionParams fields, masked). "BDIA exact + mask" reuses the exact inversion.
-METHODS: dict[str, tuple[dict, bool]] = {
-    "DDIM inversion": (dict(method="ddim", exact=False), False),
-    "EDICT": (dict(method="edict", exact=False), False),
-    "BDIA γ=1 float64": (dict(method="bdia", exact=False, state_dtype="float64"), False),
-    "BDIA exact": (dict(method="bdia", exact=True), False),
-    "BDIA γ=0.94": (dict(method="bdia", gamma=0.94, exact=False, state_dtype="float64"), False),
-    "BDIA exact + mask": (dict(method="bdia", exact=True), True),
+#: name → (InversionParams fields, masked, the edit's own γ or None). Rows that share the fields reuse one
+#: inversion; an edit γ < 1 regenerates the exact γ = 1 inversion on a float64 state (``bdia.regenerate(gamma=…)``).
+METHODS: dict[str, tuple[dict, bool, float | None]] = {
+    "DDIM inversion": (dict(method="ddim", exact=False), False, None),
+    "EDICT": (dict(method="edict", exact=False), False, None),
+    "BDIA γ=1 float64": (dict(method="bdia", exact=False, state_dtype="float64"), False, None),
+    "BDIA exact": (dict(method="bdia", exact=True), False, None),
+    "BDIA γ=0.94": (dict(method="bdia", gamma=0.94, exact=False, state_dtype="float64"), False, None),
+    "BDIA exact + mask": (dict(method="bdia", exact=True), True, None),
+    "BDIA exact (edit γ=0.5)": (dict(method="bdia", exact=True), False, 0.5),
+    "BDIA exact + mask (edit γ=0.5)": (dict(method="bdia", exact=True), True, 0.5),
 }
 SWEEP_METHODS = ("DDIM inversion", "BDIA exact", "BDIA exact + mask")
 MASK_DILATE = 2  # pixels the edit region grows by, for the mask and the background
@@ -133,17 +137,21 @@ class Engine:
         hi, lo = result if isinstance(result, tuple) else (result, result)
         return Batch(params, hi, lo, trajectory, denoiser.nfe, time.perf_counter() - started)
 
-    def regenerate(self, inv: Batch, prompts: Sequence[str], mask: Tensor | None = None) -> tuple[Tensor, int, float]:
+    def regenerate(self, inv: Batch, prompts: Sequence[str], mask: Tensor | None = None,
+                   gamma: float | None = None) -> tuple[Tensor, int, float]:  # fmt: skip
         """(z0 as floats, NFE, seconds) of the regeneration of every scene under ``prompts``."""
         started = time.perf_counter()
         params, grid, lattice = inv.params, self.grid, inv.params.lattice()
+        hi, lo, trajectory = inv.hi, inv.lo, inv.trajectory
+        if gamma is not None and gamma != params.gamma:  # as bdia.regenerate(gamma=…): leave the integer lattice
+            decode, lattice = lattice.decode, FloatLattice(torch.float64)
+            hi, lo, trajectory = decode(hi), decode(lo), [decode(t) for t in trajectory or []]
+        gamma = params.gamma if gamma is None else gamma
         guide: Guide | None = None
         if mask is not None:
-            trajectory = inv.trajectory
             guide = lambda level, state: torch.where(mask, state, trajectory[level])  # noqa: E731
         if params.method == "bdia":
-            walk = bdia_sample(grid, inv.hi, inv.lo, start=params.levels, gamma=params.gamma, lattice=lattice,
-                               guide=guide)
+            walk = bdia_sample(grid, hi, lo, start=params.levels, gamma=gamma, lattice=lattice, guide=guide)
         elif params.method == "edict":
             walk = edict_sample(grid, inv.hi, inv.lo, start=params.levels)
         else:
@@ -213,20 +221,21 @@ def evaluate(engine: Engine, edits: Sequence[Edit], strength: float, methods: Se
         mask = torch.from_numpy(np.stack(regions))[:, None]
         inversions: dict[str, Batch] = {}
         for name in methods:
-            fields_, masked = METHODS[name]
+            fields_, masked, edit_gamma = METHODS[name]
             params = InversionParams(model=model.name, steps=engine.steps, strength=strength,
                                      guidance_scale=engine.guidance, **fields_).validate()
             key = json.dumps(fields_, sort_keys=True)
             if key not in inversions:
                 inversions[key] = engine.invert(z0, [e.source_prompt for e in chunk], params)
             inv = inversions[key]
-            if reconstruct and not masked:
+            if reconstruct and not masked and edit_gamma is None:
                 recon, _, _ = engine.regenerate(inv, [e.source_prompt for e in chunk])
                 if params.fixed_point and not torch.equal(recon, z0):
                     raise AssertionError(f"{name}: the reconstruction is not bit-exact (batch layouts differ?)")
                 add(name, "latent_error", [float((recon - z0).abs().max())])
                 add(name, "recon_psnr", [psnr(a, b) for a, b in zip(images(recon), sources, strict=True)])
-            edited, nfe, seconds = engine.regenerate(inv, [e.prompt for e in chunk], mask if masked else None)
+            edited, nfe, seconds = engine.regenerate(inv, [e.prompt for e in chunk], mask if masked else None,
+                                                     edit_gamma)
             results = images(edited)
             if masked:
                 inside = torch.equal(torch.where(mask, z0, edited), z0) if params.fixed_point else None
