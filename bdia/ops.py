@@ -27,7 +27,9 @@ from .sampling import (
     FixedPoint,
     FloatLattice,
     Guide,
+    Lattice,
     Progress,
+    Walk,
     bdia_invert,
     bdia_sample,
     check_gamma,
@@ -137,22 +139,77 @@ def inverting(
         numerics.configure_determinism(model)
     cond = conditioning(model, grid, params.prompt, params.guidance_scale, params.negative_prompt)
     z0 = lattice.encode(z0.to(model.device))
-    start = lattice.decode(z0)
     trajectory: list[torch.Tensor] | None = [] if keep_trajectory and params.method == "bdia" else None
-    if params.method == "bdia":
-        walk = bdia_invert(grid, start, levels=levels, gamma=params.gamma, lattice=lattice, trajectory=trajectory)
-    elif params.method == "edict":
-        walk = edict_invert(grid, start, levels=levels)
-    else:
-        walk = ddim_invert(grid, start, levels=levels)
+    walk = inversion_walk(grid, lattice.decode(z0), params, trajectory=trajectory)
     total = nfe(params.method, levels, "invert")
-    result = yield from bind(walk, cond, layout, total=total, stage="invert")
-    z_hi, z_lo = result if isinstance(result, tuple) else (result, result.clone())
+    z_hi, z_lo = yield from bind(walk, cond, layout, total=total, stage="invert")
     return Inversion(
         params=params, z_hi=z_hi, z_lo=z_lo, z0=z0, fingerprint=layout_fingerprint(model, layout),
         nfe=total, seconds=time.perf_counter() - started,
         trajectory=None if trajectory is None else torch.stack(trajectory).squeeze(1),
     )
+
+
+def inversion_walk(
+    grid: LevelGrid, z0: torch.Tensor, params: InversionParams, *, trajectory: list[torch.Tensor] | None = None
+) -> Walk[tuple[torch.Tensor, torch.Tensor]]:
+    """The walk inverting ``z0`` (floats, any batch) under ``params``: it returns the lattice pair (z_hi, z_lo).
+
+    ``trajectory`` (BDIA) receives the lattice states of levels 0…K.
+    """
+    lattice, levels = params.lattice(), params.levels
+    start = lattice.decode(lattice.encode(z0))
+    if params.method == "bdia":
+        return (yield from bdia_invert(grid, start, levels=levels, gamma=params.gamma, lattice=lattice,
+                                       trajectory=trajectory))  # fmt: skip
+    if params.method == "edict":
+        return (yield from edict_invert(grid, start, levels=levels))
+    z = yield from ddim_invert(grid, start, levels=levels)
+    return z, z.clone()  # two tensors: safetensors refuses shared memory
+
+
+def regeneration_walk(
+    grid: LevelGrid,
+    hi: torch.Tensor,
+    lo: torch.Tensor,
+    params: InversionParams,
+    *,
+    gamma: float | None = None,
+    trajectory: torch.Tensor | list[torch.Tensor] | None = None,
+    mask: torch.Tensor | None = None,
+) -> Walk[torch.Tensor]:
+    """The walk regenerating the lattice pair of an inversion under ``params``: it returns z0 as floats.
+
+    ``gamma`` overrides BDIA's γ for this regeneration (a float64 state when the pair is fixed point);
+    ``mask`` (boolean, True = may change) keeps the rest on ``trajectory`` at every level.
+    """
+    lattice, levels = params.lattice(), params.levels
+    gamma = params.gamma if gamma is None else float(gamma)
+    if gamma != params.gamma:
+        if params.method != "bdia":
+            raise InvalidParameter("a regeneration's own gamma applies to BDIA inversions only")
+        check_gamma(gamma, levels, inverting=False)
+        if isinstance(lattice, FixedPoint):  # γ < 1 cannot stay on the integer lattice
+            decode, lattice = lattice.decode, FloatLattice(torch.float64)
+            hi, lo = decode(hi), decode(lo)
+            trajectory = None if trajectory is None else [decode(t) for t in trajectory]
+    guide = None
+    if mask is not None:
+        if params.method != "bdia":
+            raise InvalidParameter("masked edits need a BDIA inversion")
+        guide = _mask_guide(trajectory, mask)
+    return _regeneration(grid, hi, lo, params.method, levels, gamma, lattice, guide)
+
+
+def _regeneration(grid: LevelGrid, hi: torch.Tensor, lo: torch.Tensor, method: str, levels: int, gamma: float,
+                  lattice: Lattice, guide: Guide | None) -> Walk[torch.Tensor]:  # fmt: skip
+    if method == "bdia":
+        _, state = yield from bdia_sample(grid, hi, lo, start=levels, gamma=gamma, lattice=lattice, guide=guide)
+    elif method == "edict":
+        state, _ = yield from edict_sample(grid, hi, lo, start=levels)
+    else:
+        state = yield from ddim_sample(grid, hi, start=levels)
+    return lattice.decode(state)
 
 
 def layout_fingerprint(model: DiffusionModel, layout: Layout) -> dict[str, str]:
@@ -174,12 +231,11 @@ def latent_mask(mask: ImageLike | torch.Tensor, model: DiffusionModel) -> torch.
     return (m > 0.5).to(model.device)
 
 
-def _mask_guide(trajectory: torch.Tensor | None, mask: torch.Tensor) -> Guide:
+def _mask_guide(trajectory: torch.Tensor | list[torch.Tensor] | None, mask: torch.Tensor) -> Guide:
     """Keep every level's state outside the mask on the source trajectory (SPEC §5 makes it exact)."""
     if trajectory is None:
         raise InvalidParameter("a masked edit needs an inversion that kept its trajectory (BDIA, keep_trajectory)")
-    trajectory = trajectory.to(mask.device)
-    return lambda level, state: torch.where(mask, state, trajectory[level].unsqueeze(0))
+    return lambda level, state: torch.where(mask, state, trajectory[level].to(state.device).reshape(state.shape))
 
 
 def regenerate(
@@ -230,7 +286,6 @@ def regenerating(
     layout = Layout(*layout) if layout is not None else (Layout.of(inversion.fingerprint) or Layout())
     inversion = inversion.to(model.device)
     grid = LevelGrid.from_scheduler(model.scheduler, params.steps)
-    lattice = params.lattice()
     if params.exact:
         numerics.configure_determinism(model)
     cond = conditioning(
@@ -239,37 +294,18 @@ def regenerating(
         params.guidance_scale if guidance_scale is None else guidance_scale,
         params.negative_prompt if negative_prompt is None else negative_prompt,
     )  # fmt: skip
-    levels = params.levels
-    gamma = params.gamma if gamma is None else float(gamma)
-    if gamma != params.gamma:
-        if params.method != "bdia":
-            raise InvalidParameter("a regeneration's own gamma applies to BDIA inversions only")
-        check_gamma(gamma, levels, inverting=False)
-    hi, lo, trajectory = inversion.z_hi, inversion.z_lo, inversion.trajectory
-    if gamma != params.gamma and isinstance(lattice, FixedPoint):  # γ < 1 cannot stay on the integer lattice
-        decode, lattice = lattice.decode, FloatLattice(torch.float64)
-        hi, lo = decode(hi), decode(lo)
-        trajectory = None if trajectory is None else decode(trajectory)
-    guide = None if mask is None else _mask_guide(trajectory, latent_mask(mask, model))
-    if params.method == "bdia":
-        walk = bdia_sample(grid, hi, lo, start=levels, gamma=gamma, lattice=lattice, guide=guide)
-    elif guide is not None:
-        raise InvalidParameter("masked edits need a BDIA inversion")
-    elif params.method == "edict":
-        walk = edict_sample(grid, inversion.z_hi, inversion.z_lo, start=levels)
-    else:
-        walk = ddim_sample(grid, inversion.z_hi, start=levels)
-    total = nfe(params.method, levels, "sample")
-    result = yield from bind(walk, cond, layout, total=total, stage="regenerate")
-    state = result[1] if params.method == "bdia" else result[0] if isinstance(result, tuple) else result
-    z0 = lattice.decode(state)
+    mask_tensor = None if mask is None else latent_mask(mask, model)
+    walk = regeneration_walk(grid, inversion.z_hi, inversion.z_lo, params, gamma=gamma,
+                             trajectory=inversion.trajectory, mask=mask_tensor)  # fmt: skip
+    total = nfe(params.method, params.levels, "sample")
+    z0 = yield from bind(walk, cond, layout, total=total, stage="regenerate")
     fingerprint = layout_fingerprint(model, layout)
     match = numerics.fingerprint_id(fingerprint) == inversion.fingerprint_id
     error = float((z0.double() - params.lattice().decode(inversion.z0).double()).abs().max())
     return Regeneration(
         z0=z0, image=imaging.decode(model, z0), nfe=total, seconds=time.perf_counter() - started,
         latent_max_abs_error=error, fingerprint=fingerprint, fingerprint_match=match,
-        exact=params.fixed_point and match and gamma == params.gamma,
+        exact=params.fixed_point and match and (gamma is None or gamma == params.gamma),
     )
 
 

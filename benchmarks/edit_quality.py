@@ -27,22 +27,12 @@ import torch
 
 import bdia
 from bdia import imaging
-from bdia.denoiser import guided_eps
+from bdia.batching import guided_eps
 from bdia.grid import LevelGrid
 from bdia.inversion import InversionParams
 from bdia.models import DiffusionModel
-from bdia.ops import initial_noise
-from bdia.sampling import (
-    FloatLattice,
-    Guide,
-    bdia_invert,
-    bdia_sample,
-    ddim_invert,
-    ddim_sample,
-    edict_invert,
-    edict_sample,
-    run,
-)
+from bdia.ops import initial_noise, inversion_walk, regeneration_walk
+from bdia.sampling import bdia_sample, run
 from bdia.shapes import Edit, compare, edit_benchmark, edit_success, random_scene, scene_rng, validate
 from bdia.shapes.classifier import detect
 from bdia.shapes.scenes import Scene, extent
@@ -123,43 +113,21 @@ class Engine:
 
     def invert(self, z0: Tensor, prompts: Sequence[str], params: InversionParams) -> Batch:
         started = time.perf_counter()
-        grid, lattice, levels = self.grid, params.lattice(), params.levels
-        start = lattice.decode(lattice.encode(z0))
         trajectory: list[Tensor] | None = [] if params.method == "bdia" else None
-        if params.method == "bdia":
-            walk = bdia_invert(grid, start, levels=levels, gamma=params.gamma, lattice=lattice, trajectory=trajectory)
-        elif params.method == "edict":
-            walk = edict_invert(grid, start, levels=levels)
-        else:
-            walk = ddim_invert(grid, start, levels=levels)
         denoiser = self.denoiser(prompts)
-        result = run(walk, denoiser, total=0, stage="invert")
-        hi, lo = result if isinstance(result, tuple) else (result, result)
+        walk = inversion_walk(self.grid, z0, params, trajectory=trajectory)
+        hi, lo = run(walk, denoiser, total=0, stage="invert")
         return Batch(params, hi, lo, trajectory, denoiser.nfe, time.perf_counter() - started)
 
     def regenerate(self, inv: Batch, prompts: Sequence[str], mask: Tensor | None = None,
                    gamma: float | None = None) -> tuple[Tensor, int, float]:  # fmt: skip
         """(z0 as floats, NFE, seconds) of the regeneration of every scene under ``prompts``."""
         started = time.perf_counter()
-        params, grid, lattice = inv.params, self.grid, inv.params.lattice()
-        hi, lo, trajectory = inv.hi, inv.lo, inv.trajectory
-        if gamma is not None and gamma != params.gamma:  # as bdia.regenerate(gamma=…): leave the integer lattice
-            decode, lattice = lattice.decode, FloatLattice(torch.float64)
-            hi, lo, trajectory = decode(hi), decode(lo), [decode(t) for t in trajectory or []]
-        gamma = params.gamma if gamma is None else gamma
-        guide: Guide | None = None
-        if mask is not None:
-            guide = lambda level, state: torch.where(mask, state, trajectory[level])  # noqa: E731
-        if params.method == "bdia":
-            walk = bdia_sample(grid, hi, lo, start=params.levels, gamma=gamma, lattice=lattice, guide=guide)
-        elif params.method == "edict":
-            walk = edict_sample(grid, inv.hi, inv.lo, start=params.levels)
-        else:
-            walk = ddim_sample(grid, inv.hi, start=params.levels)
+        walk = regeneration_walk(self.grid, inv.hi, inv.lo, inv.params, gamma=gamma, trajectory=inv.trajectory,
+                                 mask=mask)  # fmt: skip
         denoiser = self.denoiser(prompts)
-        result = run(walk, denoiser, total=0, stage="regenerate")
-        state = result[1] if params.method == "bdia" else result[0] if isinstance(result, tuple) else result
-        return lattice.decode(state), denoiser.nfe, time.perf_counter() - started
+        z0 = run(walk, denoiser, total=0, stage="regenerate")
+        return z0, denoiser.nfe, time.perf_counter() - started
 
     def sample(self, prompts: Sequence[str], seeds: Sequence[int]) -> Tensor:
         """DDIM samples (γ = 0, as diffusers' pipeline) of ``prompts`` from the engine's noise of ``seeds``."""
