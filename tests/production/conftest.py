@@ -3,15 +3,19 @@ in-process API (no worker needed to authenticate, limit or refuse a request)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 import redis
-from fastapi.testclient import TestClient
-from service.conftest import REDIS_URL, Deployment, delete_prefix, prefix, redis_client, start_deployment  # noqa: F401
-
-from app.main import create_app
-from app.settings import Settings
+from service.conftest import (  # noqa: F401
+    REDIS_URL,
+    Deployment,
+    api,
+    delete_prefix,
+    prefix,
+    redis_client,
+    start_deployment,
+)
 
 ALICE, BOB = "alice-key-0123456789abcdef", "bob-key-0123456789abcdef"
 KEYS = f"alice:{ALICE},bob:{BOB}"
@@ -30,23 +34,6 @@ def assert_problem(response, status: int, code: str | None = None) -> dict:
     assert {"type", "title", "status", "detail", "code"} <= body.keys(), body
     assert body["status"] == status and (code is None or body["code"] == code), body
     return body
-
-
-@pytest.fixture
-def api(prefix: str) -> Iterator[Callable[..., TestClient]]:  # noqa: F811
-    """Make an in-process API over this test's key prefix with any settings (webhooks not delivered)."""
-    clients: list[TestClient] = []
-
-    def make(**overrides: object) -> TestClient:
-        settings = Settings(**{"redis_url": REDIS_URL, "key_prefix": prefix, "api_webhooks": False, **overrides})
-        client = TestClient(create_app(settings))
-        client.__enter__()
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.__exit__(None, None, None)
 
 
 @pytest.fixture(scope="session")

@@ -11,17 +11,20 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
+from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.client import BdiaClient
 from app.keys import Keys
+from app.main import create_app
+from app.settings import Settings
 
 REDIS_URL = os.environ.get("BDIA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,6 +73,23 @@ def prefix(redis_client: redis.Redis) -> Iterator[str]:
     name = f"bdia-test-{uuid.uuid4().hex[:10]}"
     yield name
     delete_prefix(redis_client, name)
+
+
+@pytest.fixture
+def api(prefix: str) -> Iterator[Callable[..., TestClient]]:
+    """Make in-process APIs over this test's key prefix with any settings (webhooks not delivered)."""
+    clients: list[TestClient] = []
+
+    def make(**overrides: object) -> TestClient:
+        settings = Settings(**{"redis_url": REDIS_URL, "key_prefix": prefix, "api_webhooks": False, **overrides})
+        client = TestClient(create_app(settings))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
 
 
 @dataclass

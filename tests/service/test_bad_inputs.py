@@ -5,11 +5,12 @@ These run the API in-process (no worker is needed to refuse a request) over a re
 
 from __future__ import annotations
 
+import functools
 import io
 import random
 import struct
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -17,10 +18,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.keys import Keys
-from app.main import create_app
-from app.settings import Settings
 
-from .conftest import REDIS_URL, make_png
+from .conftest import make_png
 
 MAX_BYTES = 60_000
 MAX_PIXELS = 200 * 200
@@ -50,23 +49,9 @@ def _solid_png(size: tuple[int, int]) -> bytes:
 
 
 @pytest.fixture
-def api(prefix: str) -> Iterator[Callable[..., TestClient]]:
-    """Make an in-process API over this test's key prefix, with small limits and any other settings."""
-    clients: list[TestClient] = []
-
-    def make(**overrides: object) -> TestClient:
-        settings = Settings(
-            redis_url=REDIS_URL, key_prefix=prefix, max_upload_bytes=MAX_BYTES, max_pixels=MAX_PIXELS,
-            max_prompt_chars=50, **overrides,
-        )  # fmt: skip
-        client = TestClient(create_app(settings))
-        client.__enter__()
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.__exit__(None, None, None)
+def api(api: Callable[..., TestClient]) -> Callable[..., TestClient]:
+    """The shared in-process API factory, with small limits (any setting can still be overridden)."""
+    return functools.partial(api, max_upload_bytes=MAX_BYTES, max_pixels=MAX_PIXELS, max_prompt_chars=50)
 
 
 def _assert_problem(response, status: int, code: str) -> dict:
