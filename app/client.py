@@ -111,14 +111,13 @@ class BdiaClient:
         *,
         guidance_scale: float | None = None,
         negative_prompt: str | None = None,
+        edit_gamma: float | None = None,
         idempotency_key: str | None = None,
     ) -> JobOut:
-        """Edit a cached inversion with a new prompt."""
+        """Edit a cached inversion with a new prompt (``edit_gamma`` < 1 damps colour casts; never exact)."""
         body: dict[str, Any] = {"inversion_id": inversion_id, "prompt": prompt}
-        if guidance_scale is not None:
-            body["guidance_scale"] = guidance_scale
-        if negative_prompt is not None:
-            body["negative_prompt"] = negative_prompt
+        optional = {"guidance_scale": guidance_scale, "negative_prompt": negative_prompt, "edit_gamma": edit_gamma}
+        body.update({k: v for k, v in optional.items() if v is not None})
         return JobOut(**self._request("POST", "/v1/edits", json=body, idempotency_key=idempotency_key).json())
 
     def edit_image(

@@ -46,11 +46,18 @@ class InversionIn(InversionParamsIn):
     webhook: str | None = Field(None, description=WEBHOOK_DOC)
 
 
+EDIT_GAMMA_DOC = (
+    "the edit's own BDIA γ in [0, 1] (default: the inversion's). Below 1 it damps the colour casts a new prompt "
+    "leaves with γ = 1; the edit then runs on a float64 state, never exact. Reconstructions always keep γ."
+)
+
+
 class EditFormIn(InversionParamsIn):
     """``POST /v1/edits`` as multipart: the image is inverted (or its cached inversion reused) first."""
 
     source_prompt: str = ""
     prompt: str
+    edit_gamma: float | None = Field(None, ge=0, le=1, description=EDIT_GAMMA_DOC)
     webhook: str | None = Field(None, description=WEBHOOK_DOC)
 
 
@@ -63,6 +70,7 @@ class EditIn(BaseModel):
     prompt: str
     guidance_scale: float | None = Field(None, ge=0, description="default: the inversion's")
     negative_prompt: str | None = Field(None, description="default: the inversion's")
+    edit_gamma: float | None = Field(None, ge=0, le=1, description=EDIT_GAMMA_DOC)
     webhook: str | None = Field(None, description=WEBHOOK_DOC)
 
 

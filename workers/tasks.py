@@ -119,7 +119,7 @@ def task_job(model: bdia.DiffusionModel, task: Task, *, gamma_bound: float) -> J
         None if reconstruct else task.params["prompt"],
         guidance_scale=None if reconstruct else task.params.get("guidance_scale"),
         negative_prompt=None if reconstruct else task.params.get("negative_prompt"),
-        mask=task.mask, layout=task.layout,
+        mask=task.mask, gamma=None if reconstruct else task.params.get("edit_gamma"), layout=task.layout,
     )  # fmt: skip
     picture = regeneration.image
     outcome.image_png = png(picture)

@@ -77,12 +77,13 @@ async def create_edit(request: Request, services: ServicesDep) -> Response:
             await services.cache.put_spec(spec)
             guidance, negative = spec.guidance_scale, spec.negative_prompt
             inputs = {"mask_sha256": await services.cache.put_blob(mask.data)} if mask else {}
-            edit = EditIn(inversion_id=spec.inversion_id, prompt=form.prompt)
+            edit = EditIn(inversion_id=spec.inversion_id, prompt=form.prompt, edit_gamma=form.edit_gamma)
         params = {
             "prompt": edit.prompt,
             "guidance_scale": guidance,
             "negative_prompt": negative,
             "masked": "mask_sha256" in inputs,
+            "edit_gamma": edit.edit_gamma,
         }
         job = Job(kind="edit", model=spec.model, inversion_id=spec.inversion_id, params=params, inputs=inputs,
                   tenant=tenant, webhook=webhook)  # fmt: skip

@@ -101,6 +101,16 @@ def test_multipart_edit_inverts_once_then_hits_the_cache(client: BdiaClient) -> 
     assert client.result(first.id).startswith(b"\x89PNG")
 
 
+def test_edit_with_its_own_gamma(client: BdiaClient) -> None:
+    submitted = client.invert(make_png(4), "a gradient", steps=STEPS)
+    job = client.wait(client.edit(submitted.inversion_id, "a red gradient", edit_gamma=0.5))
+    assert job.status == "succeeded" and job.params["edit_gamma"] == 0.5
+    assert client.result(job.id).startswith(b"\x89PNG")
+    with pytest.raises(ApiError) as refused:
+        client.edit(submitted.inversion_id, "a red gradient", edit_gamma=1.5)
+    assert refused.value.status == 422 and refused.value.code == "invalid_parameter"
+
+
 def test_masked_edit(client: BdiaClient) -> None:
     mask = Image.new("L", (48, 40), 0)
     mask.paste(255, (0, 0, 24, 40))
