@@ -142,9 +142,11 @@ def _drive(client: BdiaClient, image: bytes, prompt: str, edits: list[str], step
     print(f"\nedits: {edits[0]!r} and {edits[1]!r}")
     print(f"cached edit took {timings['edit 2 (cached)'] / timings['edit 1 (uploads)']:.2f}× the uncached one")
     print(f"inversion {inversion_id}: latent std {inversion.latent_std:.3f}, fingerprint {inversion.fingerprint_id}")
+    psnr = result.get("psnr")  # null when the pixels are identical (JSON has no infinity)
+    pixels = "pixels identical to the upload" if psnr is None else f"pixel PSNR vs the upload {psnr:.2f} dB"
     print(f"round trip: latent max abs error {result['latent_max_abs_error']:g} "
           f"({'bit-exact' if result['exact'] else 'not exact'}; fingerprint match: {result['fingerprint_match']}), "
-          f"pixel PSNR vs the upload {result['psnr']:.2f} dB (the VAE's loss)")  # fmt: skip
+          f"{pixels}")  # fmt: skip
     print(f"saved {', '.join(sorted(p.name for p in out.glob('*.*')))} in {out}/")
     return 0 if result["latent_max_abs_error"] == 0 or not result["fingerprint_match"] else 1
 

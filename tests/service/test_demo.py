@@ -23,9 +23,11 @@ def test_demo_without_redis_says_what_to_install(tmp_path: Path) -> None:
 
 
 def test_demo_end_to_end(tmp_path: Path, redis_client) -> None:
-    done = _demo(["--out", str(tmp_path), "--steps", "5", "--model", "tiny-random"], BDIA_REDIS_URL=REDIS_URL)
+    # The default model, as `make demo` runs it (shapes: pixel space, so the pixels come back too).
+    done = _demo(["--out", str(tmp_path), "--steps", "5"], BDIA_REDIS_URL=REDIS_URL)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "latent max abs error 0 (bit-exact" in done.stdout and "answered from the cache: True" in done.stdout
+    assert "model shapes" in done.stdout and "pixels identical to the upload" in done.stdout
     for name in ("source.png", "edit-1.png", "edit-2.png", "reconstruction.png", "inversion.safetensors"):
         assert (tmp_path / name).stat().st_size > 0
     assert not list(redis_client.scan_iter(match="bdia-demo-*"))  # it cleaned up after itself
