@@ -33,7 +33,7 @@ SOURCE_PROMPT = "a red circle and a blue square on a grey background"
 """The sample's caption (``bdia.imaging.SAMPLE_PROMPT``, repeated here: the demo process needs no torch)."""
 EDITS = (
     "a green circle and a blue square on a grey background",
-    "a red circle and a yellow square on a grey background",
+    "a red circle and a blue triangle on a grey background",
 )
 STARTUP_TIMEOUT_S = 600
 NO_REDIS = """\
@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt", default=SOURCE_PROMPT, help="what the image shows")
     parser.add_argument("--edit", action="append", help="an edit prompt (give two; default: two examples)")
     parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--strength", type=float, default=0.8, help="how far toward noise to invert")
+    parser.add_argument("--guidance", type=float, default=2.0, help="guidance of the inversion and the edits")
+    parser.add_argument("--edit-gamma", type=float, default=0.5, help="the edits' own γ (1 = the inversion's)")
     parser.add_argument("--out", type=Path, default=Path("out"), help="where the PNGs go (default: out/)")
     args = parser.parse_args(argv)
     edits = (args.edit or list(EDITS)) + list(EDITS)
@@ -102,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     try:
         with local_service(model, args.out / "logs") as service, BdiaClient(service.url, timeout=120) as client:
-            return _drive(client, _sample(args.image), args.prompt, edits[:2], args.steps, args.out)
+            settings = {"steps": args.steps, "strength": args.strength, "guidance_scale": args.guidance}
+            return _drive(client, _sample(args.image), args.prompt, edits[:2], settings, args.edit_gamma, args.out)
     except RedisMissing:
         print(NO_REDIS, file=sys.stderr)
         return 1
@@ -111,10 +115,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _drive(client: BdiaClient, image: bytes, prompt: str, edits: list[str], steps: int, out: Path) -> int:
+def _drive(client: BdiaClient, image: bytes, prompt: str, edits: list[str], settings: dict[str, float],
+           edit_gamma: float, out: Path) -> int:  # fmt: skip
     """The client's part: edit twice (the second reuses the cache), reconstruct, save, report."""
     model = client.models().models[0]
-    print(f"model {model.name}: {model.width}×{model.height}; {steps} steps; source prompt {prompt!r}")
+    print(f"model {model.name}: {model.width}×{model.height}; {settings['steps']} steps, strength "
+          f"{settings['strength']:g}, guidance {settings['guidance_scale']:g}, edit γ {edit_gamma:g}; "
+          f"source prompt {prompt!r}")  # fmt: skip
     (out / "source.png").write_bytes(image)
     timings: dict[str, float] = {}
 
@@ -126,11 +133,12 @@ def _drive(client: BdiaClient, image: bytes, prompt: str, edits: list[str], step
               f"inversion cached: {str(job.metrics['inversion_cached']).lower()}")  # fmt: skip
         return job
 
-    first = run("edit 1 (uploads)", lambda: client.edit_image(image, prompt, edits[0], steps=steps))
+    first = run("edit 1 (uploads)", lambda: client.edit_image(image, prompt, edits[0], edit_gamma=edit_gamma,
+                                                               **settings))  # fmt: skip
     inversion_id = first.inversion_id
-    second = run("edit 2 (cached)", lambda: client.edit(inversion_id, edits[1]))
+    second = run("edit 2 (cached)", lambda: client.edit(inversion_id, edits[1], edit_gamma=edit_gamma))
     start = time.perf_counter()
-    again = client.invert(image, prompt, steps=steps)
+    again = client.invert(image, prompt, **settings)
     print(f"re-upload        {time.perf_counter() - start:7.3f} s   answered from the cache: {again.cached}")
     reconstruction = run("reconstruction", lambda: client.reconstruct(inversion_id))
 
