@@ -73,7 +73,7 @@ def local_service(model: str, logs: Path, *, settings: dict[str, str] | None = N
             stack.callback(_delete_keys, redis_url, prefix)
         env = {**os.environ, "BDIA_REDIS_URL": redis_url, "BDIA_KEY_PREFIX": prefix, "BDIA_MODEL": model,
                "BDIA_MODELS": model, **{f"BDIA_{k.upper()}": v for k, v in (settings or {}).items()}}  # fmt: skip
-        port = _free_port()
+        port = free_port()
         service = LocalService(f"http://127.0.0.1:{port}", redis_url, prefix, private)
         service.processes["worker"] = stack.enter_context(
             _process("worker", [sys.executable, "-m", "workers"], env, logs)
@@ -187,7 +187,7 @@ def _redis(stack: ExitStack, logs: Path) -> tuple[str, bool]:
     server = shutil.which("redis-server")
     if server is None:
         raise RedisMissing("no redis-server on PATH")
-    port = _free_port()
+    port = free_port()
     command = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     process = stack.enter_context(_process("redis", command, dict(os.environ), logs))
     url = f"redis://127.0.0.1:{port}/0"
@@ -239,7 +239,8 @@ def _delete_keys(url: str, prefix: str) -> None:
         client.delete(*keys)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on the loopback interface now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

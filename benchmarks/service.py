@@ -174,13 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("out/benchmark"))
     args = parser.parse_args(argv)
 
-    from app.demo import _free_port
+    from app.demo import free_port
 
     with local_service(args.model, args.out / "logs") as service, BdiaClient(service.url) as client:
         generator = "wrk -t1" if shutil.which("wrk") else "httpx (asyncio)"
         print(f"load generator: {generator}, {args.connections} connections; {os.cpu_count()} CPUs; "
               f"load average before: {os.getloadavg()[0]:.1f}")  # fmt: skip
-        rates = polling(service, client, args.duration, args.connections, _free_port(), args.rounds)
+        rates = polling(service, client, args.duration, args.connections, free_port(), args.rounds)
         latencies = pickups(client, args.pickups)
         uncached, cached, metrics = edits(client, args.repeats, args.steps)
 

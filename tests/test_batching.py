@@ -146,28 +146,17 @@ def test_a_failing_job_leaves_its_neighbours_running(tiny_model) -> None:
 pytest.importorskip("redis")
 
 
+from service.conftest import redis_client  # noqa: E402, F401  (the service tests' real Redis)
+
+
 @pytest.fixture
-def batched(redis_client, tmp_path: Path):
+def batched(redis_client, tmp_path: Path):  # noqa: F811
     from service.conftest import delete_prefix, start_deployment
 
     deployment = start_deployment(redis_client, tmp_path / "logs", ["b0"], batch_size="4")
     yield deployment
     deployment.stop()
     delete_prefix(redis_client, deployment.prefix)
-
-
-@pytest.fixture(scope="module")
-def redis_client():
-    import redis
-    from service.conftest import REDIS_URL
-
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        pytest.skip(f"no Redis at {REDIS_URL}")
-    yield client
-    client.close()
 
 
 def test_worker_batches_jobs_and_reconstructs_them_bit_exactly(batched) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.client import BdiaClient
+from app.demo import free_port
 from app.keys import Keys
 from app.main import create_app
 from app.settings import Settings
@@ -48,12 +48,6 @@ def delete_prefix(client: redis.Redis, prefix: str) -> None:
     keys = list(client.scan_iter(match=Keys(prefix).pattern, count=1000))
     if keys:
         client.delete(*keys)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
