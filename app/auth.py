@@ -19,7 +19,7 @@ from fastapi import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .problems import Problem
-from .settings import PUBLIC_TENANT, Settings
+from bdia.jobqueue.settings import PUBLIC_TENANT, Settings
 
 log = logging.getLogger("bdia.auth")
 

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import redis
 
-from .client import BdiaClient
-from .keys import Keys
+from bdia.client import BdiaClient
+from bdia.jobqueue.keys import Keys
 
 SAMPLE = Path(__file__).resolve().parents[1] / "bdia" / "assets" / "sample.png"
 SOURCE_PROMPT = "a red circle and a blue square on a grey background"
@@ -76,9 +76,9 @@ def local_service(model: str, logs: Path, *, settings: dict[str, str] | None = N
         port = free_port()
         service = LocalService(f"http://127.0.0.1:{port}", redis_url, prefix, private)
         service.processes["worker"] = stack.enter_context(
-            _process("worker", [sys.executable, "-m", "workers"], env, logs)
+            _process("worker", [sys.executable, "-m", "bdia.workers"], env, logs)
         )
-        serve = f"from app.main import serve; serve('127.0.0.1', {port})"
+        serve = f"from bdia.app.main import serve; serve('127.0.0.1', {port})"
         service.processes["api"] = stack.enter_context(_process("api", [sys.executable, "-c", serve], env, logs))
         print(f"Redis {redis_url}{' (private)' if private else ''}; API {service.url}; worker loading {model!r}…")
         _wait_ready(service, logs)
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("out"), help="where the PNGs go (default: out/)")
     args = parser.parse_args(argv)
     edits = (args.edit or list(EDITS)) + list(EDITS)
-    from bdia.cli import default_model  # torch-free
+    from bdia.params import default_model  # torch-free
 
     model = args.model or default_model()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -10,10 +10,10 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from .cache import InversionCache
-from .jobs import JobQueue
-from .keys import Keys
-from .settings import Settings
+from bdia.jobqueue.cache import InversionCache
+from bdia.jobqueue.jobs import JobQueue
+from bdia.jobqueue.keys import Keys
+from bdia.jobqueue.settings import Settings
 
 LONGEST_BLOCK_S = 15
 """The longest blocking Redis read a request makes (an SSE stream's wait between keep-alives)."""

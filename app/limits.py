@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .auth import tenant_of
 from .deps import ServicesDep
 from .problems import Problem
-from .settings import PUBLIC_TENANT
+from bdia.jobqueue.settings import PUBLIC_TENANT
 
 
 def too_large(limit: int) -> Problem:

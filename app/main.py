@@ -17,12 +17,12 @@ from . import __doc__ as DESCRIPTION
 from .auth import ApiKeys, Authenticate
 from .deps import Services
 from .limits import LimitBody
-from .logs import configure_logging
+from bdia.jobqueue.logs import configure_logging
 from .metrics import CountRequests, HttpCounters
 from .parsing import validation_problem
 from .problems import STATUS_CODES, Problem
 from .routes import edits, inversions, jobs, system
-from .settings import Settings, get_settings
+from bdia.jobqueue.settings import Settings, get_settings
 
 log = logging.getLogger("bdia.api")
 
@@ -97,6 +97,18 @@ def _add_problem_handlers(app: FastAPI) -> None:
     async def on_error(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s", request.url.path)
         return Problem(500, "internal_error", "an internal error occurred").response(request.url.path)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """``bdia serve [--host H] [--port P]``: run the API until stopped. Returns the exit code."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="bdia serve", description="Run the HTTP API under uvicorn.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args(argv)
+    serve(args.host, args.port)
+    return 0
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000) -> None:

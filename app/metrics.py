@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .deps import Services
-from .stats import labels as _labels
+from bdia.jobqueue.stats import labels as _labels
 
 
 @dataclass

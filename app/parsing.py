@@ -14,10 +14,13 @@ from fastapi import Request
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
-from .cache import InversionSpec
+from bdia.jobqueue.cache import InversionSpec
 from .problems import Problem, invalid
+from bdia.errors import GammaUnstable
+from bdia.params import SamplingParams
+
 from .schemas import InversionParamsIn
-from .settings import Settings
+from bdia.jobqueue.settings import Settings
 from .uploads import ImageUpload, validate_image
 
 Schema = TypeVar("Schema", bound=BaseModel)
@@ -138,15 +141,10 @@ def inversion_spec(
         image_sha256=image.sha256,
         tenant=tenant,
         prompt=prompt,
-        **params.model_dump(include=set(InversionParamsIn.model_fields) - {"model"}),
+        **params.model_dump(include=set(SamplingParams.model_fields)),
     )
-    if spec.method == "bdia":
-        growth = spec.gamma**-spec.levels
-        if growth > settings.gamma_bound:
-            raise invalid(
-                "gamma",
-                f"gamma={spec.gamma:g} over K={spec.levels} levels amplifies errors by {growth:.3g}× "
-                f"(bound {settings.gamma_bound:g}); use gamma closer to 1 or fewer steps",
-                code="gamma_unstable",
-            )
+    try:
+        spec.check(settings.gamma_bound)
+    except GammaUnstable as exc:
+        raise invalid("gamma", str(exc), code=exc.code) from None
     return spec

@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .cache import Method
-from .jobs import Job, JobKind, JobStatus
+from bdia.jobqueue.jobs import Job, JobKind, JobStatus
+from bdia.params import EditParams, SamplingParams
 
 
 def iso(timestamp: float | None) -> str | None:
@@ -24,19 +24,10 @@ def iso(timestamp: float | None) -> str | None:
 WEBHOOK_DOC = "a URL to POST the job's final event to (Standard Webhooks signature); see docs/operations.md"
 
 
-class InversionParamsIn(BaseModel):
-    """The inversion parameters a request may give (multipart form fields), with their defaults."""
+class InversionParamsIn(SamplingParams):
+    """The inversion parameters a request may give (``bdia.params``: defaults, ranges, descriptions)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    steps: int = Field(50, ge=1, description="N, the number of sampling steps (1 to the configured maximum)")
-    strength: float = Field(1.0, gt=0, le=1, description="how far toward noise: K = round(steps·strength)")
-    guidance_scale: float = Field(1.0, ge=0, description="classifier-free guidance; 1 means none")
-    gamma: float = Field(1.0, gt=0, le=1, description="BDIA's γ; exact mode needs γ = 1")
-    exact: bool = Field(True, description="fixed-point state: a bit-exact round trip (with γ = 1)")
     model: str | None = Field(None, description="one of GET /v1/models; default: the deployment's")
-    method: Method = Field("bdia", description="bdia, or the inexact baselines ddim and edict")
-    negative_prompt: str = ""
 
 
 class InversionIn(InversionParamsIn):
@@ -46,31 +37,20 @@ class InversionIn(InversionParamsIn):
     webhook: str | None = Field(None, description=WEBHOOK_DOC)
 
 
-EDIT_GAMMA_DOC = (
-    "the edit's own BDIA γ in [0, 1] (default: the inversion's). Below 1 it damps the colour casts a new prompt "
-    "leaves with γ = 1; the edit then runs on a float64 state, never exact. Reconstructions always keep γ."
-)
-
-
 class EditFormIn(InversionParamsIn):
     """``POST /v1/edits`` as multipart: the image is inverted (or its cached inversion reused) first."""
 
-    source_prompt: str = ""
-    prompt: str
-    edit_gamma: float | None = Field(None, ge=0, le=1, description=EDIT_GAMMA_DOC)
+    source_prompt: str = Field("", description="what the image shows (the inversion's prompt)")
+    prompt: str = Field(description="the edit prompt")
+    edit_gamma: float | None = EditParams.model_fields["edit_gamma"]
     webhook: str | None = Field(None, description=WEBHOOK_DOC)
 
 
-class EditIn(BaseModel):
+class EditIn(EditParams):
     """``POST /v1/edits`` as JSON: regenerate a cached inversion with a new prompt."""
 
-    model_config = ConfigDict(extra="forbid")
-
     inversion_id: str
-    prompt: str
-    guidance_scale: float | None = Field(None, ge=0, description="default: the inversion's")
-    negative_prompt: str | None = Field(None, description="default: the inversion's")
-    edit_gamma: float | None = Field(None, ge=0, le=1, description=EDIT_GAMMA_DOC)
+    prompt: str = Field(description="the edit prompt")
     webhook: str | None = Field(None, description=WEBHOOK_DOC)
 
 

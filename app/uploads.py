@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from .cache import sha256
+from bdia.jobqueue.cache import sha256
 from .problems import Problem
 
 FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP"}

@@ -35,11 +35,11 @@ import httpx
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from .jobs import Job
-from .keys import WEBHOOK_GROUP, Keys
+from bdia.jobqueue.jobs import Job
+from bdia.jobqueue.keys import WEBHOOK_GROUP, Keys
 from .problems import invalid
 from .schemas import JobOut, iso
-from .settings import Settings, get_settings
+from bdia.jobqueue.settings import Settings, get_settings
 
 log = logging.getLogger("bdia.webhooks")
 
@@ -213,7 +213,7 @@ class Dispatcher:
 
 def main(argv: list[str] | None = None) -> int:
     """``bdia webhooks``: deliver webhook events until SIGTERM or Ctrl-C. Returns the exit code."""
-    from .logs import configure_logging
+    from bdia.jobqueue.logs import configure_logging
 
     parser = argparse.ArgumentParser(prog="bdia webhooks", description=__doc__.split("\n\n")[0])
     parser.add_argument("--redis-url", help="default: $BDIA_REDIS_URL")

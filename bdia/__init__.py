@@ -2,12 +2,13 @@
 
     import bdia
     model = bdia.load_model("shapes")
+    bdia.configure_determinism(model)  # once per process: exact mode needs deterministic kernels
     inv = bdia.invert(model, "photo.png", "a red circle on a grey background")
     edit = bdia.regenerate(model, inv, "a blue circle on a grey background")
     edit.image.save("edit.png")
 
-Names are imported lazily so that ``import bdia`` (and the ``bdia serve`` front end) does not
-load torch.
+Names are imported lazily so that ``import bdia`` loads no torch: the HTTP client
+(``bdia.client``) and the parameter model (``bdia.params``) work without it.
 """
 
 from __future__ import annotations
@@ -30,10 +31,14 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_model": "models",
     "DiffusionModel": "models",
+    "configure_determinism": "numerics",
     "Denoiser": "denoiser",
     "LevelGrid": "grid",
     "Inversion": "inversion",
-    "InversionParams": "inversion",
+    "InversionParams": "params",
+    "EditParams": "params",
+    "SamplingParams": "params",
+    "default_model": "params",
     "Progress": "sampling",
     "invert": "ops",
     "invert_latent": "ops",

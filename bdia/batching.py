@@ -1,4 +1,4 @@
-"""Many walks, one network call: the batched evaluator behind continuous batching (SPEC §5).
+"""Many walks, one network call: the batched evaluator behind continuous batching (docs/exactness.md).
 
 A walk (``bdia.sampling``) yields ``(z, level)`` and receives ε. ``bind`` turns it into a
 *job*: a generator of ``Request``s that also carry the job's conditioning (grid, prompt
@@ -120,7 +120,7 @@ def guided_eps(raw: torch.Tensor, z: torch.Tensor, level: int, grid: LevelGrid, 
     """ε̂ for one sample from its raw network rows ([uncond, cond] when guided, else [cond]).
 
     The guidance combine is diffusers' arithmetic in the network dtype; a v prediction is then
-    converted with ε = α_i·v + σ_i·z in float64 (SPEC §1). Returns ε̂ in z's dtype and device.
+    converted with ε = α_i·v + σ_i·z in float64 (docs/numerics.md). Returns ε̂ in z's dtype and device.
     """
     rows = 2 if guidance_scale != 1 else 1
     if raw.shape[0] != rows:
@@ -186,37 +186,14 @@ def evaluate(model: DiffusionModel, requests: Sequence[Request]) -> list[Tensor]
     return eps  # type: ignore[return-value]
 
 
-# --- driving jobs ------------------------------------------------------------------------------
-
-
-def drive(
-    model: DiffusionModel,
-    job: Job[T],
-    *,
-    callback: Callable[[Progress], None] | None = None,
-    cancel: Callable[[], bool] | None = None,
-) -> T:
-    """Run one job to its end, alone (checking ``cancel`` before every network evaluation)."""
-    try:
-        request = next(job)
-        while True:
-            if cancel is not None and cancel():
-                job.close()
-                p = request.progress
-                raise Canceled(f"canceled during {p.stage} at step {p.step - 1}/{p.total}")
-            (eps,) = evaluate(model, [request])
-            if callback is not None:
-                callback(request.progress)
-            request = job.send(eps)
-    except StopIteration as done:
-        return done.value
+# --- driving jobs: one driver, for one job or many ----------------------------------------------
 
 
 class Lane(Generic[T]):
-    """A job advanced one network evaluation at a time, side by side with others (see ``advance``).
+    """A job advanced one network evaluation at a time, alone (``drive``) or side by side (``advance``).
 
-    After each ``advance`` a lane is pending (``request`` set), ``done`` (``result``) or failed (``error``);
-    ``progress`` is that of its latest evaluation.
+    After ``start`` and after each ``advance`` a lane is pending (``request`` set), ``done``
+    (``result``) or failed (``error``); ``progress`` is that of its latest evaluation.
     """
 
     def __init__(self, job: Job[T]) -> None:
@@ -234,19 +211,51 @@ class Lane(Generic[T]):
     def live(self) -> bool:
         return not self.done and self.error is None
 
+    def start(self) -> None:
+        """Run the job up to its first network request (or its end)."""
+        if not self.started:
+            self._resume(None)
+
     def _resume(self, eps: Tensor | None) -> None:
         try:
             self.request = self.job.send(eps) if self.started else next(self.job)
             self.started = True
         except StopIteration as finished:
-            self.request, self.done, self.result = None, True, finished.value
+            self.started, self.request, self.done, self.result = True, None, True, finished.value
         except Exception as exc:  # the job failed, not the batch
-            self.request, self.error = None, exc
+            self.started, self.request, self.error = True, None, exc
 
     def close(self) -> None:
         """Abandon the job (its generator is closed; nothing more is computed for it)."""
         self.job.close()
         self.request = None
+
+
+def drive(
+    model: DiffusionModel,
+    job: Job[T],
+    *,
+    callback: Callable[[Progress], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> T:
+    """Run one job to its end alone, with the ``Lane`` and ``advance`` a worker uses for many.
+
+    ``cancel`` is checked before every network evaluation; ``callback`` hears each one's progress.
+    """
+    lane = Lane(job)
+    lane.start()
+    while lane.live:
+        if cancel is not None and cancel():
+            lane.close()
+            p = lane.request.progress  # type: ignore[union-attr]
+            raise Canceled(f"canceled during {p.stage} at step {p.step - 1}/{p.total}")
+        before = lane.evaluations
+        advance(model, [lane])
+        if callback is not None and lane.evaluations > before:
+            callback(lane.progress)  # type: ignore[arg-type]
+    if lane.error is not None:
+        raise lane.error
+    return lane.result  # type: ignore[return-value]
 
 
 def advance(model: DiffusionModel, lanes: Sequence[Lane]) -> None:
@@ -256,8 +265,8 @@ def advance(model: DiffusionModel, lanes: Sequence[Lane]) -> None:
     every lane that took part in it.
     """
     for lane in lanes:
-        if lane.live and not lane.started:
-            lane._resume(None)
+        if lane.live:
+            lane.start()
     pending = [lane for lane in lanes if lane.live and lane.request is not None]
     if not pending:
         return

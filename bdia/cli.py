@@ -1,31 +1,27 @@
-"""The ``bdia`` command line: sample, invert, edit, roundtrip, and the service's serve/worker/webhooks/demo.
+"""The ``bdia`` command line: the engine's sample, invert, edit and roundtrip, plus the service's commands.
 
-Bad input ends with one line on stderr and a non-zero exit; progress bars appear only when
-stderr is a terminal.
+The service's subcommands (serve, worker, webhooks, demo) are not imported from here: each
+package that provides one registers it under the ``bdia.commands`` entry-point group
+(pyproject.toml), and this module finds it by name. Bad input ends with one line on stderr and a
+non-zero exit; progress bars appear only when stderr is a terminal.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any
 
 from .errors import BdiaError
+from .params import default_model
 
-DEFAULT_MODEL_ENV = "BDIA_MODEL"
-
-
-def default_model() -> str:
-    """``$BDIA_MODEL``, else the bundled ``shapes`` model when its weights are present, else ``tiny-random``."""
-    if os.environ.get(DEFAULT_MODEL_ENV):
-        return os.environ[DEFAULT_MODEL_ENV]
-    bundled = Path(__file__).parent / "assets" / "shapes" / "model_index.json"
-    return "shapes" if bundled.exists() else "tiny-random"
+COMMANDS_GROUP = "bdia.commands"
+"""The entry-point group of the service's subcommands: ``name = "module:main"``, ``main(argv) -> int``."""
 
 
 @contextmanager
@@ -52,9 +48,13 @@ def progress_bar(enabled: bool) -> Iterator[Callable[[Any], None] | None]:
 
 
 def _load(args: argparse.Namespace, name: str | None = None) -> Any:
+    """Load the model and put this process in exact mode (deterministic kernels) before any network call."""
     from .models import load_model
+    from .numerics import configure_determinism
 
-    return load_model(name or args.model, device=args.device, dtype=args.dtype)
+    model = load_model(name or args.model, device=args.device, dtype=args.dtype)
+    configure_determinism(model)
+    return model
 
 
 def _save_image(image: Any, path: str) -> None:
@@ -151,31 +151,6 @@ def cmd_roundtrip(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    from app.main import serve
-
-    serve(args.host, args.port)
-    return 0
-
-
-def cmd_worker(args: argparse.Namespace, rest: list[str]) -> int:
-    from workers.worker import main as worker_main
-
-    return worker_main(rest)
-
-
-def cmd_webhooks(args: argparse.Namespace, rest: list[str]) -> int:
-    from app.webhooks import main as webhooks_main
-
-    return webhooks_main(rest)
-
-
-def cmd_demo(args: argparse.Namespace, rest: list[str]) -> int:
-    from app.demo import main as demo_main
-
-    return demo_main(rest)
-
-
 def _model_options(p: argparse.ArgumentParser, *, required_default: bool = True) -> None:
     p.add_argument("--model", default=default_model() if required_default else None,
                    help="tiny-random, shapes, a local diffusers folder or a hub id")
@@ -249,20 +224,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=cmd_roundtrip)
 
-    p = sub.add_parser("serve", help="run the HTTP API under uvicorn")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.set_defaults(handler=cmd_serve)
-
-    p = sub.add_parser("worker", help="run a queue worker (options: bdia worker --help)", add_help=False)
-    p.set_defaults(handler=cmd_worker, passthrough=True)
-
-    p = sub.add_parser("webhooks", help="deliver job webhooks (options: bdia webhooks --help)", add_help=False)
-    p.set_defaults(handler=cmd_webhooks, passthrough=True)
-
-    p = sub.add_parser("demo", help="the end-to-end demo (options: bdia demo --help)", add_help=False)
-    p.set_defaults(handler=cmd_demo, passthrough=True)
+    for command in service_commands():
+        p = sub.add_parser(command.name, help=f"the service's {command.name} (bdia {command.name} --help)",
+                           add_help=False)  # fmt: skip
+        p.set_defaults(handler=command, passthrough=True)
     return parser
+
+
+def service_commands() -> list[EntryPoint]:
+    """The subcommands installed packages register under ``bdia.commands``, by name."""
+    return sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name)
+
+
+def run_service_command(command: EntryPoint, argv: list[str]) -> int:
+    """Load a registered subcommand and run it; a missing optional dependency is named in one line."""
+    try:
+        handler = command.load()
+    except ModuleNotFoundError as exc:
+        extra = "worker" if command.name == "worker" else "api"
+        raise BdiaError(
+            f"'bdia {command.name}' needs the {extra} extra ({exc.name} is not installed): pip install 'bdia[{extra}]'"
+        ) from None
+    return handler(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -273,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         if getattr(args, "passthrough", False):
-            return args.handler(args, rest)
+            return run_service_command(args.handler, rest)
         return args.handler(args)
     except (BdiaError, OSError, ValueError) as exc:
         print(f"bdia: error: {exc}", file=sys.stderr)

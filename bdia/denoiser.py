@@ -1,9 +1,9 @@
 """The denoiser ε̂(z, level): one prompt, one guidance scale, one batch layout, as a callable.
 
-``Denoiser`` is the single-job face of ``bdia.batching``: each call is ``evaluate`` on one
-request, so a sample computed here and the same sample computed side by side with other jobs
-in a worker share one code path and, in the same layout, the same bits (SPEC §5). It is what
-``bdia.sampling.run`` takes as ``eps``.
+``Denoiser`` is the single-request face of ``bdia.batching``: each call is ``evaluate`` on one
+request, so ε̂ computed here and ε̂ computed side by side with other jobs in a worker share one
+code path and, in the same layout, the same bits (docs/exactness.md). Tests and notebooks use it
+to look at ε̂ directly; the operations drive walks through ``bdia.batching`` instead.
 """
 
 from __future__ import annotations
@@ -49,11 +49,6 @@ class Denoiser:
         return self.cond.grid
 
     @property
-    def guided(self) -> bool:
-        """True when the batch carries an unconditional half (guidance scale ≠ 1)."""
-        return self.cond.guided
-
-    @property
     def layout(self) -> dict[str, int]:
         """The network batch layout: ``batch_size`` rows per guidance half, the sample at ``slot``."""
         halves = self.cond.halves
@@ -61,7 +56,7 @@ class Denoiser:
         return {"batch_size": batch_size, "slot": slot, "halves": halves, "rows": halves * batch_size}
 
     def fingerprint(self) -> dict[str, str]:
-        """The numerics fingerprint of this model and batch layout (SPEC §5)."""
+        """The numerics fingerprint of this model and batch layout (docs/exactness.md)."""
         from .numerics import fingerprint
 
         return fingerprint(self.model, batch_size=self.where.batch_size, slot=self.where.slot)

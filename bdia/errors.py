@@ -14,7 +14,7 @@ class InvalidParameter(BdiaError, ValueError):
 
 
 class GammaUnstable(InvalidParameter):
-    """γ^−K exceeds the configured bound: the inverted latent would be useless (SPEC §4)."""
+    """γ^−(K−1) exceeds the configured bound: the inverted latent would be useless (docs/numerics.md)."""
 
     code = "gamma_unstable"
 

@@ -8,74 +8,16 @@ regeneration from the bytes is the same computation as one from memory.
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from .errors import InvalidInversion, InvalidParameter
-from .sampling import DEFAULT_GAMMA_BOUND, FixedPoint, FloatLattice, Lattice, check_gamma
+from .errors import InvalidInversion
+from .params import InversionParams
+from .sampling import Lattice, lattice_for
 
 FORMAT = "bdia.inversion/1"
-METHODS = ("bdia", "ddim", "edict")
-STATE_DTYPES = {"float64": torch.float64, "float32": torch.float32}
-
-
-@dataclass(frozen=True)
-class InversionParams:
-    """Everything that determines an inversion besides the image (defaults as the API documents)."""
-
-    model: str
-    prompt: str = ""
-    negative_prompt: str = ""
-    steps: int = 50
-    strength: float = 1.0
-    guidance_scale: float = 1.0
-    gamma: float = 1.0
-    exact: bool = True
-    method: str = "bdia"
-    state_dtype: str = "float64"
-
-    @property
-    def levels(self) -> int:
-        """K = round(N·strength): how far toward noise the image is inverted."""
-        return max(1, round(self.steps * self.strength))
-
-    @property
-    def fixed_point(self) -> bool:
-        """Exact mode proper: BDIA with γ = 1 on the fixed-point lattice."""
-        return self.exact and self.method == "bdia" and self.gamma == 1.0
-
-    def lattice(self) -> Lattice:
-        if self.fixed_point:
-            return FixedPoint()
-        dtype = "float64" if self.exact else self.state_dtype
-        return FloatLattice(STATE_DTYPES[dtype])
-
-    def validate(self, gamma_bound: float = DEFAULT_GAMMA_BOUND) -> InversionParams:
-        """Raise ``InvalidParameter`` (or ``GammaUnstable``) for a request that cannot be honoured."""
-        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
-            raise InvalidParameter(f"steps must be a positive integer, got {self.steps!r}")
-        if not 0 < self.strength <= 1:
-            raise InvalidParameter(f"strength must be in (0, 1], got {self.strength}")
-        if not (math.isfinite(self.guidance_scale) and self.guidance_scale >= 0):
-            raise InvalidParameter(f"guidance_scale must be a finite number ≥ 0, got {self.guidance_scale}")
-        if self.method not in METHODS:
-            raise InvalidParameter(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.state_dtype not in STATE_DTYPES:
-            raise InvalidParameter(f"state_dtype must be float64 or float32, got {self.state_dtype!r}")
-        if self.method == "bdia":
-            check_gamma(self.gamma, self.levels, gamma_bound, inverting=True)
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> InversionParams:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass
@@ -95,7 +37,6 @@ class Inversion:
     nfe: int
     seconds: float = 0.0
     trajectory: torch.Tensor | None = None
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def level(self) -> int:
@@ -103,11 +44,11 @@ class Inversion:
 
     @property
     def lattice(self) -> Lattice:
-        return self.params.lattice()
+        return lattice_for(self.params.state)
 
     @property
     def latent_std(self) -> float:
-        """std(z_K): about 1 for a healthy full inversion (SPEC §4)."""
+        """std(z_K): about 1 for a healthy full inversion."""
         return float(self.lattice.decode(self.z_hi).double().std())
 
     @property
@@ -120,14 +61,13 @@ class Inversion:
         """The string metadata stored beside the tensors (and shown by the API)."""
         return {
             "format": FORMAT,
-            "params": json.dumps(self.params.to_dict(), sort_keys=True),
+            "params": json.dumps(self.params.model_dump(), sort_keys=True),
             "fingerprint": json.dumps(self.fingerprint, sort_keys=True),
             "fingerprint_id": self.fingerprint_id,
             "nfe": str(self.nfe),
             "seconds": repr(self.seconds),
             "level": str(self.level),
             "latent_std": repr(self.latent_std),
-            "extra": json.dumps(self.extra, sort_keys=True),
         }
 
     def to_bytes(self) -> bytes:
@@ -150,7 +90,7 @@ class Inversion:
             if meta.get("format") != FORMAT:
                 raise ValueError(f"format {meta.get('format')!r} is not {FORMAT}")
             return cls(
-                params=InversionParams.from_dict(json.loads(meta["params"])),
+                params=_params(json.loads(meta["params"])),
                 z_hi=tensors["z_hi"],
                 z_lo=tensors["z_lo"],
                 z0=tensors["z0"],
@@ -158,7 +98,6 @@ class Inversion:
                 fingerprint=json.loads(meta["fingerprint"]),
                 nfe=int(meta["nfe"]),
                 seconds=float(meta.get("seconds", "0")),
-                extra=json.loads(meta.get("extra", "{}")),
             )
         except InvalidInversion:
             raise
@@ -171,9 +110,14 @@ class Inversion:
             return None if t is None else t.to(device)
 
         return Inversion(
-            self.params, move(self.z_hi), move(self.z_lo), move(self.z0), self.fingerprint, self.nfe,
-            self.seconds, move(self.trajectory), dict(self.extra),
+            self.params, move(self.z_hi), move(self.z_lo), move(self.z0), self.fingerprint, self.nfe, self.seconds,
+            move(self.trajectory),
         )
+
+
+def _params(data: dict[str, Any]) -> InversionParams:
+    """The parameters a file records (fields a newer writer added are ignored)."""
+    return InversionParams(**{k: v for k, v in data.items() if k in InversionParams.model_fields})
 
 
 def _metadata(data: bytes) -> dict[str, str]:

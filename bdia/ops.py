@@ -1,7 +1,10 @@
 """The engine's high-level operations: ``invert``, ``regenerate``, ``sample`` and ``roundtrip``.
 
-Each one builds a level grid and a denoiser for a loaded model, runs a walk from
-``bdia.sampling`` and packages the result. They are what the CLI and the worker call.
+Each operation has a job form (``inverting``, ``regenerating``, ``sampling``): a generator of network
+requests (``bdia.batching``) that builds a level grid and the prompt conditioning for a loaded
+model, runs a walk from ``bdia.sampling`` and packages the result. The plain form drives its job
+alone; a worker drives many side by side. Exact mode needs deterministic numerics: call
+``bdia.configure_determinism`` once after loading the model (the CLI and the worker do).
 """
 
 from __future__ import annotations
@@ -17,29 +20,28 @@ from PIL import Image
 
 from . import imaging, numerics
 from .batching import Job, Layout, bind, conditioning, drive
-from .denoiser import Denoiser
 from .errors import InvalidParameter
 from .grid import LevelGrid
-from .inversion import STATE_DTYPES, Inversion, InversionParams
+from .inversion import Inversion
 from .models import DiffusionModel
+from .params import DEFAULT_GAMMA_BOUND, InversionParams, check_gamma
 from .sampling import (
-    DEFAULT_GAMMA_BOUND,
+    STATE_DTYPES,
     FixedPoint,
     FloatLattice,
     Guide,
     Lattice,
+    Pair,
     Progress,
     Walk,
     bdia_invert,
     bdia_sample,
-    check_gamma,
     ddim_invert,
     ddim_sample,
     edict_invert,
     edict_sample,
     lattice_for,
     nfe,
-    run,
 )
 
 Callback = Callable[[Progress], None] | None
@@ -72,13 +74,6 @@ class Sample:
     seconds: float
 
 
-def _denoiser(model: DiffusionModel, grid: LevelGrid, prompt: str, guidance_scale: float, negative: str,
-              exact: bool) -> Denoiser:
-    if exact:
-        numerics.configure_determinism(model)
-    return Denoiser(model, grid, prompt, guidance_scale=guidance_scale, negative_prompt=negative)
-
-
 def invert(
     model: DiffusionModel,
     image: ImageLike,
@@ -101,7 +96,7 @@ def invert(
     params = InversionParams(
         model=model.name, prompt=prompt, negative_prompt=negative_prompt, steps=steps, strength=strength,
         guidance_scale=guidance_scale, gamma=gamma, exact=exact, method=method, state_dtype=state_dtype,
-    ).validate(gamma_bound)
+    ).check(gamma_bound)
     picture = imaging.fit_to_model(imaging.load_image(image), model.height, model.width)
     z0 = imaging.encode(model, picture)
     return invert_latent(model, z0, params, keep_trajectory=keep_trajectory, callback=callback, cancel=cancel)
@@ -117,7 +112,7 @@ def invert_latent(
     callback: Callback = None,
     cancel: Cancel = None,
 ) -> Inversion:
-    """Invert a clean latent ``z0`` ([1, C, h, w], the UNet's latent space) under validated ``params``."""
+    """Invert a clean latent ``z0`` ([1, C, h, w], the UNet's latent space) under checked ``params``."""
     job = inverting(model, z0, params, keep_trajectory=keep_trajectory, layout=layout)
     return drive(model, job, callback=callback, cancel=cancel)
 
@@ -133,39 +128,36 @@ def inverting(
     """``invert_latent`` as a job (``bdia.batching``): its network evaluations in ``layout``, run by any driver."""
     started = time.perf_counter()
     grid = LevelGrid.from_scheduler(model.scheduler, params.steps)
-    lattice = params.lattice()
-    levels = params.levels
-    if params.exact:
-        numerics.configure_determinism(model)
+    lattice = lattice_for(params.state)
     cond = conditioning(model, grid, params.prompt, params.guidance_scale, params.negative_prompt)
     z0 = lattice.encode(z0.to(model.device))
-    trajectory: list[torch.Tensor] | None = [] if keep_trajectory and params.method == "bdia" else None
-    walk = inversion_walk(grid, lattice.decode(z0), params, trajectory=trajectory)
-    total = nfe(params.method, levels, "invert")
-    z_hi, z_lo = yield from bind(walk, cond, layout, total=total, stage="invert")
+    walk = inversion_walk(grid, lattice.decode(z0), params, keep_trajectory=keep_trajectory)
+    total = nfe(params.method, params.levels, "invert")
+    pair = yield from bind(walk, cond, layout, total=total, stage="invert")
     return Inversion(
-        params=params, z_hi=z_hi, z_lo=z_lo, z0=z0, fingerprint=layout_fingerprint(model, layout),
+        params=params, z_hi=pair.hi, z_lo=pair.lo, z0=z0, fingerprint=layout_fingerprint(model, layout),
         nfe=total, seconds=time.perf_counter() - started,
-        trajectory=None if trajectory is None else torch.stack(trajectory).squeeze(1),
+        trajectory=None if pair.trajectory is None else pair.trajectory.squeeze(1),
     )
 
 
 def inversion_walk(
-    grid: LevelGrid, z0: torch.Tensor, params: InversionParams, *, trajectory: list[torch.Tensor] | None = None
-) -> Walk[tuple[torch.Tensor, torch.Tensor]]:
-    """The walk inverting ``z0`` (floats, any batch) under ``params``: it returns the lattice pair (z_hi, z_lo).
+    grid: LevelGrid, z0: torch.Tensor, params: InversionParams, *, keep_trajectory: bool = False
+) -> Walk[Pair]:
+    """The walk inverting ``z0`` (floats, any batch) under ``params``: it returns the lattice pair.
 
-    ``trajectory`` (BDIA) receives the lattice states of levels 0…K.
+    With ``keep_trajectory`` a BDIA walk's pair also holds the lattice states of levels 0…K.
     """
-    lattice, levels = params.lattice(), params.levels
+    lattice, levels = lattice_for(params.state), params.levels
     start = lattice.decode(lattice.encode(z0))
     if params.method == "bdia":
-        return (yield from bdia_invert(grid, start, levels=levels, gamma=params.gamma, lattice=lattice,
-                                       trajectory=trajectory))  # fmt: skip
+        walk = bdia_invert(grid, start, levels=levels, gamma=params.gamma, lattice=lattice,
+                           keep_trajectory=keep_trajectory)  # fmt: skip
+        return (yield from walk)
     if params.method == "edict":
         return (yield from edict_invert(grid, start, levels=levels))
     z = yield from ddim_invert(grid, start, levels=levels)
-    return z, z.clone()  # two tensors: safetensors refuses shared memory
+    return Pair(z, z.clone())  # two tensors: safetensors refuses shared memory
 
 
 def regeneration_walk(
@@ -183,7 +175,7 @@ def regeneration_walk(
     ``gamma`` overrides BDIA's γ for this regeneration (a float64 state when the pair is fixed point);
     ``mask`` (boolean, True = may change) keeps the rest on ``trajectory`` at every level.
     """
-    lattice, levels = params.lattice(), params.levels
+    lattice, levels = lattice_for(params.state), params.levels
     gamma = params.gamma if gamma is None else float(gamma)
     if gamma != params.gamma:
         if params.method != "bdia":
@@ -204,16 +196,16 @@ def regeneration_walk(
 def _regeneration(grid: LevelGrid, hi: torch.Tensor, lo: torch.Tensor, method: str, levels: int, gamma: float,
                   lattice: Lattice, guide: Guide | None) -> Walk[torch.Tensor]:  # fmt: skip
     if method == "bdia":
-        _, state = yield from bdia_sample(grid, hi, lo, start=levels, gamma=gamma, lattice=lattice, guide=guide)
+        state = (yield from bdia_sample(grid, hi, lo, start=levels, gamma=gamma, lattice=lattice, guide=guide)).lo
     elif method == "edict":
-        state, _ = yield from edict_sample(grid, hi, lo, start=levels)
+        state = (yield from edict_sample(grid, hi, lo, start=levels)).hi
     else:
         state = yield from ddim_sample(grid, hi, start=levels)
     return lattice.decode(state)
 
 
 def layout_fingerprint(model: DiffusionModel, layout: Layout) -> dict[str, str]:
-    """The numerics fingerprint of ``model`` computing in ``layout`` (SPEC §5)."""
+    """The numerics fingerprint of ``model`` computing in ``layout`` (docs/exactness.md)."""
     layout = Layout(*layout)
     return numerics.fingerprint(model, batch_size=layout.batch_size, slot=layout.slot)
 
@@ -232,7 +224,7 @@ def latent_mask(mask: ImageLike | torch.Tensor, model: DiffusionModel) -> torch.
 
 
 def _mask_guide(trajectory: torch.Tensor | list[torch.Tensor] | None, mask: torch.Tensor) -> Guide:
-    """Keep every level's state outside the mask on the source trajectory (SPEC §5 makes it exact)."""
+    """Keep every level's state outside the mask on the source trajectory (exact on the fixed-point lattice)."""
     if trajectory is None:
         raise InvalidParameter("a masked edit needs an inversion that kept its trajectory (BDIA, keep_trajectory)")
     return lambda level, state: torch.where(mask, state, trajectory[level].to(state.device).reshape(state.shape))
@@ -258,7 +250,7 @@ def regenerate(
     on the source trajectory at every level. ``layout`` defaults to the one the inversion recorded.
 
     ``gamma`` (BDIA only) is the regeneration's own γ, by default the inversion's. Sampling damps
-    the mismatch between BDIA's two interleaved states by γ per step (SPEC §4), so an edit
+    the mismatch between BDIA's two interleaved states by γ per step (docs/numerics.md), so an edit
     regenerated with γ < 1 from an exact γ = 1 inversion loses the colour casts γ = 1 lets through;
     it runs on a float64 state and is never exact.
     """
@@ -286,8 +278,6 @@ def regenerating(
     layout = Layout(*layout) if layout is not None else (Layout.of(inversion.fingerprint) or Layout())
     inversion = inversion.to(model.device)
     grid = LevelGrid.from_scheduler(model.scheduler, params.steps)
-    if params.exact:
-        numerics.configure_determinism(model)
     cond = conditioning(
         model, grid,
         params.prompt if prompt is None else prompt,
@@ -301,7 +291,7 @@ def regenerating(
     z0 = yield from bind(walk, cond, layout, total=total, stage="regenerate")
     fingerprint = layout_fingerprint(model, layout)
     match = numerics.fingerprint_id(fingerprint) == inversion.fingerprint_id
-    error = float((z0.double() - params.lattice().decode(inversion.z0).double()).abs().max())
+    error = float((z0.double() - inversion.lattice.decode(inversion.z0).double()).abs().max())
     return Regeneration(
         z0=z0, image=imaging.decode(model, z0), nfe=total, seconds=time.perf_counter() - started,
         latent_max_abs_error=error, fingerprint=fingerprint, fingerprint_match=match,
@@ -341,19 +331,41 @@ def sample(
     cancel: Cancel = None,
 ) -> Sample:
     """Sample from noise with BDIA (γ = 0 is plain DDIM, identical to diffusers' DDIM pipeline)."""
+    job = sampling(model, prompt, seed=seed, steps=steps, gamma=gamma, guidance_scale=guidance_scale,
+                   negative_prompt=negative_prompt, height=height, width=width, exact=exact,
+                   state_dtype=state_dtype)  # fmt: skip
+    return drive(model, job, callback=callback, cancel=cancel)
+
+
+def sampling(
+    model: DiffusionModel,
+    prompt: str = "",
+    *,
+    seed: int = 0,
+    steps: int = 50,
+    gamma: float = 1.0,
+    guidance_scale: float = 7.5,
+    negative_prompt: str = "",
+    height: int | None = None,
+    width: int | None = None,
+    exact: bool = False,
+    state_dtype: str = "float64",
+    layout: Layout = Layout(),
+) -> Job[Sample]:
+    """``sample`` as a job (``bdia.batching``): its network evaluations in ``layout``, run by any driver."""
     started = time.perf_counter()
     if state_dtype not in STATE_DTYPES:
         raise InvalidParameter(f"state_dtype must be float64 or float32, got {state_dtype!r}")
     check_gamma(gamma, steps, inverting=False)
     grid = LevelGrid.from_scheduler(model.scheduler, steps)
-    lattice = lattice_for(exact, gamma, STATE_DTYPES[state_dtype])
-    denoiser = _denoiser(model, grid, prompt, guidance_scale, negative_prompt, exact)
+    lattice = lattice_for("fixed-point" if exact and gamma == 1.0 else state_dtype)
+    cond = conditioning(model, grid, prompt, guidance_scale, negative_prompt)
     z_n = lattice.encode(initial_noise(model, seed, height, width))
-    pair = run(bdia_sample(grid, z_n, gamma=gamma, lattice=lattice), denoiser, total=steps,
-               stage="sample", callback=callback, cancel=cancel)
-    z0 = lattice.decode(pair[1])
-    return Sample(z0=z0, image=imaging.decode(model, z0), pair=pair, nfe=denoiser.nfe,
-                  seconds=time.perf_counter() - started)
+    pair = yield from bind(bdia_sample(grid, z_n, gamma=gamma, lattice=lattice), cond, layout, total=steps,
+                           stage="sample")  # fmt: skip
+    z0 = lattice.decode(pair.lo)
+    return Sample(z0=z0, image=imaging.decode(model, z0), pair=(pair.hi, pair.lo), nfe=steps,
+                  seconds=time.perf_counter() - started)  # fmt: skip
 
 
 def roundtrip(
@@ -376,8 +388,7 @@ def roundtrip(
     """
     z0 = sample(model, prompt, seed=seed, steps=steps, gamma=0.0, guidance_scale=guidance_scale).z0
     params = InversionParams(model=model.name, prompt=prompt, steps=steps, guidance_scale=guidance_scale,
-                             gamma=gamma, exact=exact, method=method, state_dtype=state_dtype)
-    params.validate()
+                             gamma=gamma, exact=exact, method=method, state_dtype=state_dtype).check()
     started = time.perf_counter()
     inversion = invert_latent(model, z0, params, keep_trajectory=False, callback=callback)
     regen = regenerate(model, inversion, callback=callback)
@@ -389,7 +400,7 @@ def roundtrip(
         "steps": steps,
         "gamma": gamma,
         "exact": params.fixed_point,
-        "state": "fixed-point" if params.fixed_point else ("float64" if exact else state_dtype),
+        "state": params.state,
         "nfe": inversion.nfe + regen.nfe,
         "max_abs_error": float(error.abs().max()),
         "rel_error": float(error.norm() / reference.norm()),
@@ -413,4 +424,5 @@ __all__ = [
     "regenerating",
     "roundtrip",
     "sample",
+    "sampling",
 ]

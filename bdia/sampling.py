@@ -1,13 +1,12 @@
-"""Samplers and inversions over a level grid (SPEC §2, §3, §6).
+"""Samplers and inversions over a level grid (docs/numerics.md).
 
 Each method is a generator function, a *walk*: it yields ``(z, level)`` whenever it needs
-ε_θ(z, t_level), receives ε through ``send``, and returns its result. ``run`` drives one walk
-with a denoiser, reporting progress and checking for cancellation before every network
-evaluation. Because a walk owns no model, a worker can advance many walks side by side and
-batch their network calls; a single job simply calls ``run``.
+ε_θ(z, t_level), receives ε through ``send``, and returns its result. A walk owns no model and
+no loop: ``bdia.batching`` binds it to a model's conditioning and drives it, alone or side by side
+with other walks sharing network calls.
 
 States live on a *lattice*: ``FloatLattice`` keeps them in a float dtype, ``FixedPoint``
-keeps integers Z = round(z·2^k) so that the γ = 1 BDIA round trip is bit-exact (SPEC §5).
+keeps integers Z = round(z·2^k) so that the γ = 1 BDIA round trip is bit-exact.
 """
 
 from __future__ import annotations
@@ -18,19 +17,15 @@ from typing import NamedTuple, Protocol, TypeVar
 
 import torch
 
-from .errors import Canceled, GammaUnstable, InvalidParameter
+from .errors import InvalidParameter
 from .grid import LevelGrid
 
 Tensor = torch.Tensor
 T = TypeVar("T")
 #: A walk yields (state, level) requests and receives ε for each.
 Walk = Generator[tuple[Tensor, int], Tensor, T]
-#: ε_θ(z, level): the guided noise prediction at the grid's timestep of ``level``.
-Eps = Callable[[Tensor, int], Tensor]
 #: Called with (level, state) for every new state a sampler makes; returns the state to keep.
 Guide = Callable[[int, Tensor], Tensor]
-
-DEFAULT_GAMMA_BOUND = 30.0
 
 
 class Progress(NamedTuple):
@@ -92,63 +87,25 @@ class FixedPoint:
         return state.double() / 2.0**self.bits
 
 
-def lattice_for(exact: bool, gamma: float, state_dtype: torch.dtype = torch.float64) -> Lattice:
-    """Fixed point for exact γ = 1 work; otherwise floats of ``state_dtype`` (SPEC §5)."""
-    return FixedPoint() if exact and gamma == 1.0 else FloatLattice(state_dtype)
+STATE_DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
-# --- checks ----------------------------------------------------------------------------------
+def lattice_for(state: str) -> Lattice:
+    """The lattice ``SamplingParams.state`` names: ``fixed-point``, ``float64`` or ``float32``."""
+    return FixedPoint() if state == "fixed-point" else FloatLattice(STATE_DTYPES[state])
 
 
-def check_gamma(gamma: float, levels: int, bound: float = DEFAULT_GAMMA_BOUND, *, inverting: bool) -> None:
-    """Refuse γ outside its range, and inversions whose error growth γ^−K exceeds ``bound`` (SPEC §4)."""
-    low_ok = gamma > 0 if inverting else gamma >= 0
-    if not (low_ok and gamma <= 1):
-        interval = "(0, 1]" if inverting else "[0, 1]"
-        raise InvalidParameter(f"gamma must be in {interval}, got {gamma}")
-    if inverting and levels > 1 and gamma ** -(levels - 1) > bound:
-        raise GammaUnstable(
-            f"gamma={gamma} over {levels} levels amplifies errors by {gamma ** -(levels - 1):.3g}× "
-            f"(bound {bound:g}): use gamma closer to 1 or fewer steps"
-        )
+class Pair(NamedTuple):
+    """What a walk over BDIA-style pairs returns: the lattice states (hi, lo) and, when asked, the
+    trajectory (the lattice states of levels 0…K stacked along a new first axis)."""
 
-
-def check_levels(grid: LevelGrid, levels: int) -> None:
-    if not 1 <= levels <= grid.steps:
-        raise InvalidParameter(f"levels must be in 1…{grid.steps}, got {levels}")
-
-
-# --- the driver --------------------------------------------------------------------------------
-
-
-def run(
-    walk: Walk[T],
-    eps: Eps,
-    *,
-    total: int,
-    stage: str,
-    callback: Callable[[Progress], None] | None = None,
-    cancel: Callable[[], bool] | None = None,
-) -> T:
-    """Drive ``walk`` with ``eps``; ``total`` is its NFE (see ``nfe``), reported through ``callback``."""
-    step = 0
-    try:
-        request = next(walk)
-        while True:
-            if cancel is not None and cancel():
-                walk.close()
-                raise Canceled(f"canceled during {stage} at step {step}/{total}")
-            eps_value = eps(*request)
-            step += 1
-            if callback is not None:
-                callback(Progress(step, total, stage))
-            request = walk.send(eps_value)
-    except StopIteration as done:
-        return done.value
+    hi: Tensor
+    lo: Tensor
+    trajectory: Tensor | None = None
 
 
 def nfe(method: str, levels: int, direction: str) -> int:
-    """Network evaluations a walk spends over ``levels`` levels (SPEC §3, §6)."""
+    """Network evaluations a walk spends over ``levels`` levels (docs/numerics.md)."""
     if method == "edict":
         return 2 * levels
     if method == "ddim":
@@ -158,7 +115,7 @@ def nfe(method: str, levels: int, direction: str) -> int:
     raise InvalidParameter(f"unknown method {method!r} (use ddim, bdia or edict)")
 
 
-# --- DDIM (SPEC §2, §6) ------------------------------------------------------------------------
+# --- DDIM (docs/numerics.md) ------------------------------------------------------------------------
 
 
 def ddim_sample(grid: LevelGrid, z: Tensor, *, start: int | None = None, guide: Guide | None = None) -> Walk[Tensor]:
@@ -182,7 +139,7 @@ def ddim_invert(grid: LevelGrid, z0: Tensor, *, levels: int | None = None) -> Wa
     return z
 
 
-# --- BDIA (SPEC §3, §5) ------------------------------------------------------------------------
+# --- BDIA (docs/numerics.md) ------------------------------------------------------------------------
 
 
 def _bdia_increment(lattice: Lattice, z: Tensor, eps: Tensor, grid: LevelGrid, i: int, gamma: float) -> Tensor:
@@ -202,7 +159,7 @@ def bdia_sample(
     gamma: float = 1.0,
     lattice: Lattice | None = None,
     guide: Guide | None = None,
-) -> Walk[tuple[Tensor, Tensor]]:
+) -> Walk[Pair]:
     """BDIA-DDIM toward level 0 from the pair (z_K, z_{K−1}) given as lattice states.
 
     Without ``lo`` (sampling from noise) the first step is plain DDIM from ``hi`` (one extra NFE).
@@ -223,7 +180,7 @@ def bdia_sample(
         hi, lo = lo, (hi + delta if gamma == 1.0 else gamma * hi + delta)
         if guide is not None:
             lo = guide(i - 1, lo)
-    return hi, lo
+    return Pair(hi, lo)
 
 
 def bdia_invert(
@@ -234,13 +191,13 @@ def bdia_invert(
     z1: Tensor | None = None,
     gamma: float = 1.0,
     lattice: Lattice | None = None,
-    trajectory: list[Tensor] | None = None,
-) -> Walk[tuple[Tensor, Tensor]]:
+    keep_trajectory: bool = False,
+) -> Walk[Pair]:
     """BDIA-DDIM inversion of the clean latent ``z0`` to the pair (z_K, z_{K−1}) as lattice states.
 
     The bootstrap is one DDIM-inversion step z_1 = D(z_0, ε(z_0, t_1); 0→1) unless the pair's
-    other half ``z1`` (a lattice state) is given, as after a sampling run. ``trajectory``, when
-    given, receives the lattice states of levels 0…K in order (for masked edits).
+    other half ``z1`` (a lattice state) is given, as after a sampling run. With ``keep_trajectory``
+    the result also holds the lattice states of levels 0…K (what masked edits keep outside the mask).
     """
     lattice = lattice or FloatLattice(z0.dtype)
     levels = grid.steps if levels is None else levels
@@ -251,8 +208,7 @@ def bdia_invert(
         hi = lattice.encode(ddim(z, eps.to(z.dtype), grid, 0, 1))
     else:
         hi = z1
-    if trajectory is not None:
-        trajectory += [lo, hi]
+    trajectory = [lo, hi] if keep_trajectory else None
     for i in range(1, levels):
         z = lattice.decode(hi)
         eps = yield z, i
@@ -260,17 +216,17 @@ def bdia_invert(
         lo, hi = hi, (lo - delta if gamma == 1.0 else (lo - delta) / gamma)
         if trajectory is not None:
             trajectory.append(hi)
-    return hi, lo
+    return Pair(hi, lo, None if trajectory is None else torch.stack(trajectory))
 
 
-# --- EDICT (SPEC §6) ---------------------------------------------------------------------------
+# --- EDICT (docs/numerics.md) ---------------------------------------------------------------------------
 
 EDICT_P = 0.93
 
 
 def edict_sample(
     grid: LevelGrid, x: Tensor, y: Tensor | None = None, *, start: int | None = None, p: float = EDICT_P
-) -> Walk[tuple[Tensor, Tensor]]:
+) -> Walk[Pair]:
     """EDICT generation from the coupled pair (x_K, y_K) to (x_0, y_0): 2 NFE per level."""
     start = grid.steps if start is None else start
     y = x.clone() if y is None else y
@@ -280,12 +236,12 @@ def edict_sample(
         y_ = a * y + b * (yield x_, i)
         x = p * x_ + (1 - p) * y_
         y = p * y_ + (1 - p) * x
-    return x, y
+    return Pair(x, y)
 
 
 def edict_invert(
     grid: LevelGrid, z0: Tensor, *, levels: int | None = None, p: float = EDICT_P
-) -> Walk[tuple[Tensor, Tensor]]:
+) -> Walk[Pair]:
     """EDICT inversion, the exact algebraic reverse of ``edict_sample``: 2 NFE per level."""
     levels = grid.steps if levels is None else levels
     x = y = z0
@@ -295,4 +251,4 @@ def edict_invert(
         x_ = (x - (1 - p) * y_) / p
         y = (y_ - b * (yield x_, i)) / a
         x = (x_ - b * (yield y, i)) / a
-    return x, y
+    return Pair(x, y)

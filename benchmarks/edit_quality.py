@@ -33,10 +33,10 @@ from bdia.inversion import InversionParams
 from bdia.models import DiffusionModel
 from bdia.ops import initial_noise, inversion_walk, regeneration_walk
 from bdia.sampling import bdia_sample, run
-from bdia.shapes import Edit, compare, edit_benchmark, edit_success, random_scene, scene_rng, validate
-from bdia.shapes.classifier import detect
-from bdia.shapes.scenes import Scene, extent
-from bdia.shapes.train import CHECK_STREAM
+from shapes import Edit, compare, edit_benchmark, edit_success, random_scene, scene_rng, validate
+from shapes.classifier import detect
+from shapes.scenes import Scene, extent
+from shapes.train import CHECK_STREAM
 
 Tensor = torch.Tensor
 

@@ -39,7 +39,8 @@ import bdia
 from bdia import imaging, numerics
 from bdia.batching import Job, Lane, Layout, Request, advance, conditioning, evaluate
 from bdia.grid import LevelGrid
-from bdia.inversion import Inversion, InversionParams
+from bdia.inversion import Inversion
+from bdia.params import InversionParams
 from bdia.models import SD15_SCHEDULER, DiffusionModel, _assemble
 from bdia.ops import inverting, regenerating
 from bdia.sampling import Progress

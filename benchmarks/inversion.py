@@ -18,8 +18,8 @@ import torch
 
 import bdia
 from bdia import imaging
-from bdia.cli import default_model
-from bdia.inversion import InversionParams
+from bdia.params import default_model
+from bdia.params import InversionParams
 
 METHODS = {
     "DDIM inversion": dict(method="ddim", exact=False),
@@ -41,7 +41,7 @@ def main() -> None:
 
     model = bdia.load_model(args.model)
     z0 = imaging.encode(model, imaging.fit_to_model(imaging.sample_image(), model.height, model.width))
-    params = {name: InversionParams(model=model.name, prompt=args.prompt, steps=args.steps, **kw).validate()
+    params = {name: InversionParams(model=model.name, prompt=args.prompt, steps=args.steps, **kw).check()
               for name, kw in METHODS.items()}
     bdia.invert_latent(model, z0, params["BDIA exact"], keep_trajectory=False)  # warm-up
 

@@ -26,7 +26,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.demo import local_service
+from bdia.app.demo import local_service
 
 KEY = "load-test-key-0123456789abcdef"
 

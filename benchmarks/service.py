@@ -35,9 +35,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.client import BdiaClient
-from app.demo import local_service
-from app.keys import Keys
+from bdia.client import BdiaClient
+from bdia.app.demo import local_service
+from bdia.jobqueue.keys import Keys
 
 
 def image(seed: int, size: int = 64) -> bytes:
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("out/benchmark"))
     args = parser.parse_args(argv)
 
-    from app.demo import free_port
+    from bdia.app.demo import free_port
 
     with local_service(args.model, args.out / "logs") as service, BdiaClient(service.url) as client:
         generator = "wrk -t1" if shutil.which("wrk") else "httpx (asyncio)"

@@ -26,9 +26,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.client import BdiaClient
-from app.demo import EDITS, SOURCE_PROMPT, local_service
-from bdia.cli import default_model
+from bdia.client import BdiaClient
+from bdia.app.demo import EDITS, SOURCE_PROMPT, local_service
+from bdia.params import default_model
 
 
 def image(seed: int, size: int = 64) -> bytes:
@@ -81,7 +81,7 @@ def measure(model: str, batch_size: int, jobs: int, params: dict[str, Any], logs
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=None, help="default: bdia.cli.default_model() (shapes when bundled)")
+    parser.add_argument("--model", default=None, help="default: bdia.params.default_model() (shapes when bundled)")
     parser.add_argument("--jobs", type=int, default=8, help="K, concurrent edits per mode")
     parser.add_argument("--batch-size", type=int, default=4, help="B of the batched worker")
     parser.add_argument("--steps", type=int, default=20)

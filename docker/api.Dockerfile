@@ -8,6 +8,7 @@ WORKDIR /srv/bdia
 COPY pyproject.toml README.md ./
 COPY bdia ./bdia
 COPY app ./app
+COPY jobqueue ./jobqueue
 COPY workers ./workers
 # The `api` extra only: the engine's torch/diffusers are never installed in this image.
 RUN pip install ".[api]" && useradd --system --uid 10001 bdia

@@ -8,6 +8,7 @@ WORKDIR /srv/bdia
 COPY pyproject.toml README.md ./
 COPY bdia ./bdia
 COPY app ./app
+COPY jobqueue ./jobqueue
 COPY workers ./workers
 # torch is already in the base image and satisfies the engine extra; pip must not replace it.
 RUN python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" \

@@ -17,7 +17,9 @@ from PIL import Image
 def tiny_model():
     import bdia
 
-    return bdia.load_model("tiny-random", device="cpu")
+    model = bdia.load_model("tiny-random", device="cpu")
+    bdia.configure_determinism(model)  # exact mode's flags, set once as the CLI and the worker do
+    return model
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import torch
 from bdia.batching import Lane, Layout, Request, advance, bind, conditioning, drive, evaluate, plan
 from bdia.denoiser import Denoiser
 from bdia.grid import LevelGrid
-from bdia.inversion import InversionParams
+from bdia.params import InversionParams
 from bdia.ops import inverting, layout_fingerprint, regenerate, regenerating
 from bdia.sampling import Progress, bdia_invert
 
@@ -162,7 +162,7 @@ def batched(redis_client, tmp_path: Path):  # noqa: F811
 def test_worker_batches_jobs_and_reconstructs_them_bit_exactly(batched) -> None:
     from service.conftest import make_png
 
-    from app.client import BdiaClient
+    from bdia.client import BdiaClient
 
     with BdiaClient(batched.url, timeout=60) as client:
         # Four different inversions at once: they share the worker's network calls.

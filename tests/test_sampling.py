@@ -10,8 +10,9 @@ from diffusers import DDIMScheduler
 
 import bdia
 from bdia import imaging, sampling
+from bdia.batching import Layout, bind, conditioning, drive
 from bdia.grid import LevelGrid
-from bdia.inversion import InversionParams
+from bdia.params import InversionParams
 
 SD_SCHEDULE = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,
                    set_alpha_to_one=False, clip_sample=False)
@@ -67,12 +68,14 @@ def test_bdia_matches_a_direct_implementation_of_the_spec(tiny_model, test_image
     eps = bdia.Denoiser(tiny_model, grid, "a test", guidance_scale=2.0)
     z0 = imaging.encode(tiny_model, imaging.fit_to_model(test_image, tiny_model.height, tiny_model.width))
     lattice = sampling.FloatLattice(torch.float64)
-    hi, lo = sampling.run(sampling.bdia_invert(grid, z0, gamma=gamma, lattice=lattice), eps, total=20, stage="invert")
+    cond = conditioning(tiny_model, grid, "a test", 2.0)
+    walk = sampling.bdia_invert(grid, z0, gamma=gamma, lattice=lattice)
+    hi, lo, _ = drive(tiny_model, bind(walk, cond, Layout(), total=20, stage="invert"))
     expected = _spec_bdia_invert(grid.alphas_cumprod, eps, z0, 20, gamma)
     assert torch.allclose(hi, expected[20], rtol=0, atol=1e-10)
     assert torch.allclose(lo, expected[19], rtol=0, atol=1e-10)
-    _, back = sampling.run(sampling.bdia_sample(grid, hi, lo, gamma=gamma, lattice=lattice), eps, total=19,
-                           stage="regenerate")
+    walk = sampling.bdia_sample(grid, hi, lo, gamma=gamma, lattice=lattice)
+    back = drive(tiny_model, bind(walk, cond, Layout(), total=19, stage="regenerate")).lo
     direct = _spec_bdia_sample(grid.alphas_cumprod, eps, hi, lo, 20, gamma)
     assert torch.allclose(back, direct, rtol=0, atol=1e-10)
 
@@ -172,4 +175,4 @@ def test_params_refuse_bad_values():
     for kwargs, word in [({"steps": 0}, "steps"), ({"strength": 0.0}, "strength"), ({"strength": 1.5}, "strength"),
                          ({"method": "euler"}, "method"), ({"guidance_scale": -1.0}, "guidance")]:
         with pytest.raises(bdia.InvalidParameter, match=word):
-            InversionParams(model="m", **kwargs).validate()
+            InversionParams(model="m", **kwargs).check()

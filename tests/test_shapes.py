@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from bdia.shapes import BACKGROUNDS, COLOURS, KINDS, edit_benchmark, edit_scene, random_scene, scene_rng, validate
-from bdia.shapes.classifier import compare, detect, edit_success
-from bdia.shapes.scenes import GAP, MARGIN, Scene, Shape, extent, render_batch
+from shapes import BACKGROUNDS, COLOURS, KINDS, edit_benchmark, edit_scene, random_scene, scene_rng, validate
+from shapes.classifier import compare, detect, edit_success
+from shapes.scenes import GAP, MARGIN, Scene, Shape, extent, render_batch
 
 
 def _scenes(n: int, seed: int = 0) -> list[Scene]:
@@ -125,7 +125,7 @@ def test_micro_training_run_writes_a_diffusers_folder(tmp_path):
     from diffusers import DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from bdia.shapes.train import main
+    from shapes.train import main
 
     out = tmp_path / "model"
     record = main(

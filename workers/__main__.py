@@ -1,4 +1,4 @@
-"""``python -m workers [--model NAME …]``: run one worker."""
+"""``python -m bdia.workers [--model NAME …]``: run one worker (what ``bdia worker`` runs)."""
 
 import sys
 

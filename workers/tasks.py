@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import bdia
-from app.cache import InversionSpec
+from bdia.jobqueue.cache import InversionSpec
 from bdia import imaging
 from bdia.batching import Job, Layout, drive
 from bdia.ops import inverting, regenerating
+from bdia.params import EditParams
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +92,7 @@ def task_job(model: bdia.DiffusionModel, task: Task, *, gamma_bound: float) -> J
     if inversion is None:
         if task.image is None:
             raise InputsGone(f"the upload of {spec.inversion_id} has expired: submit the image again")
-        params = bdia.InversionParams(
-            model=model.name, prompt=spec.prompt, negative_prompt=spec.negative_prompt, steps=spec.steps,
-            strength=spec.strength, guidance_scale=spec.guidance_scale, gamma=spec.gamma, exact=spec.exact,
-            method=spec.method,
-        ).validate(gamma_bound)
+        params = spec.inversion_params().model_copy(update={"model": model.name}).check(gamma_bound)
         picture = imaging.fit_to_model(imaging.load_image(task.image), model.height, model.width)
         inversion = yield from inverting(model, imaging.encode(model, picture), params, layout=task.layout)
         outcome.inversion = inversion.to_bytes()
@@ -114,13 +111,17 @@ def task_job(model: bdia.DiffusionModel, task: Task, *, gamma_bound: float) -> J
         return outcome
 
     reconstruct = task.kind == "reconstruct"
+    edit = EditParams() if reconstruct else EditParams(**{k: task.params.get(k) for k in EditParams.model_fields})
     regeneration = yield from regenerating(
-        model, inversion,
-        None if reconstruct else task.params["prompt"],
-        guidance_scale=None if reconstruct else task.params.get("guidance_scale"),
-        negative_prompt=None if reconstruct else task.params.get("negative_prompt"),
-        mask=task.mask, gamma=None if reconstruct else task.params.get("edit_gamma"), layout=task.layout,
-    )  # fmt: skip
+        model,
+        inversion,
+        edit.prompt,
+        guidance_scale=edit.guidance_scale,
+        negative_prompt=edit.negative_prompt,
+        gamma=edit.edit_gamma,
+        mask=task.mask,
+        layout=task.layout,
+    )
     picture = regeneration.image
     outcome.image_png = png(picture)
     outcome.metrics["regenerate_nfe"] = regeneration.nfe

@@ -27,18 +27,18 @@ import os
 import secrets
 import signal
 import socket
+import sys
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
+from bdia.jobqueue.cache import InversionCache
+from bdia.jobqueue.jobs import Delivery, Job, JobQueue
+from bdia.jobqueue.keys import Keys
+from bdia.jobqueue.logs import configure_logging
+from bdia.jobqueue.settings import Settings
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-
-from app.cache import InversionCache
-from app.jobs import Delivery, Job, JobQueue
-from app.keys import Keys
-from app.logs import configure_logging
-from app.settings import Settings
 
 if TYPE_CHECKING:
     import bdia
@@ -80,6 +80,50 @@ class Running:
 
     def give_up(self, reason: str) -> None:
         self.abandon = reason
+
+
+Action = Literal["requeue", "fail", "cancel", "succeed", "abandon"]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What becomes of a job that leaves its lane, and the error it is stored (or requeued) with."""
+
+    action: Action
+    error: dict[str, Any] | None = None
+
+
+def decide(running: Running, worker: str, timeout_s: float) -> Verdict:
+    """The outcome of a job that left its lane, first match wins:
+
+    ========================  =======  ==================================================
+    the job                   action   status change
+    ========================  =======  ==================================================
+    its worker is stopping    requeue  running → queued, given back to another worker
+    lost its lease            abandon  none: the worker that reclaimed it owns it now
+    ran past the timeout      fail     running → failed (``job_timeout``)
+    raised a ``BdiaError``    fail     running → failed (the error's code)
+    raised anything else      requeue  running → queued (``worker_error``), retried
+    canceled before its end   cancel   running → canceled
+    finished                  succeed  running → succeeded
+    ========================  =======  ==================================================
+    """
+    import bdia
+
+    error = running.lane.error
+    if running.abandon == "shutdown":
+        return Verdict("requeue", {"code": "worker_stopped", "detail": f"worker {worker} stopped"})
+    if running.abandon is not None:
+        return Verdict("abandon")
+    if running.timed_out:
+        return Verdict("fail", {"code": "job_timeout", "detail": f"ran longer than {timeout_s:g}s"})
+    if isinstance(error, bdia.BdiaError):
+        return Verdict("fail", {"code": error.code, "detail": str(error)})
+    if error is not None:  # a fault of this attempt, not of the job: deliver it again
+        return Verdict("requeue", {"code": "worker_error", "detail": f"{type(error).__name__}: {error}"})
+    if running.canceled and not running.lane.done:
+        return Verdict("cancel")
+    return Verdict("succeed")
 
 
 class Backoff:
@@ -172,32 +216,33 @@ class Worker:
             await self._admit(delivery)
 
     async def _admit(self, delivery: Delivery) -> None:
-        """Start a delivered job and give it a lane, or settle it at once (expired, canceled, dead)."""
+        """Start a delivered job and give it a lane, or settle it at once (expired, finished, dead).
+
+        A job delivered too often fails from queued or running (dead-lettered); any other starts
+        (queued or reclaimed running → running) and fails at once if its inputs are gone."""
         import bdia
         from bdia.batching import Lane
 
         from .tasks import task_job
 
-        queue, model = self.queue, self.model_name
+        queue = self.queue
         job = await queue.get(delivery.job_id)
-        if job is None or job.done:  # expired, or canceled while queued
-            await queue.ack(model, delivery.message_id)
+        if job is None or job.done:  # expired, or canceled while queued: nothing to do
+            await queue.ack(self.model_name, delivery.message_id)
             return
         if delivery.deliveries > self.settings.max_deliveries:
             log.warning("job %s dead-lettered after %d deliveries", job.id, delivery.deliveries)
             await queue.dead_letter(job, delivery)
             await self._release_maker(job)
             return
-        if not await queue.start(job, self.id, delivery.deliveries):
-            await queue.ack(model, delivery.message_id)
+        if not await queue.start(job, self.id, delivery.deliveries):  # finished meanwhile
+            await queue.ack(self.model_name, delivery.message_id)
             return
         job = await queue.get(job.id) or job
         try:
             task = await self._task(job)
         except bdia.BdiaError as exc:
-            await queue.finish(job, "failed", error={"code": exc.code, "detail": str(exc)},
-                               metrics=self._metrics(job, {"nfe": 0}))  # fmt: skip
-            await self._acknowledge(job, delivery)
+            await self._conclude(job, delivery, Verdict("fail", {"code": exc.code, "detail": str(exc)}), nfe=0)
             return
         lane = Lane(task_job(self.model, task, gamma_bound=self.settings.gamma_bound))
         running = self.active[job.id] = Running(job, delivery, lane, task.layout, canceled=job.cancel_requested)
@@ -272,42 +317,37 @@ class Worker:
                 self.jobs_done += 1
 
     async def _finish(self, running: Running) -> None:
-        import bdia
-
-        job, delivery, queue, lane = running.job, running.delivery, self.queue, running.lane
-        if running.abandon == "shutdown":
-            await queue.requeue(job, {"code": "worker_stopped", "detail": f"worker {self.id} stopped"})
-            await queue.release(self.model_name, delivery.message_id, self.id)
-            log.info("job %s given back: worker stopping", job.id)
-        elif running.abandon is not None:  # the lease was lost: another worker owns the job now
+        """Store what ``decide`` makes of a job that left its lane."""
+        job, delivery, lane = running.job, running.delivery, running.lane
+        verdict = decide(running, self.id, self.settings.job_timeout_s)
+        if verdict.action == "abandon":
             log.warning("job %s abandoned: %s", job.id, running.abandon)
-        elif running.timed_out:
-            error = {"code": "job_timeout", "detail": f"ran longer than {self.settings.job_timeout_s:g}s"}
-            await queue.finish(job, "failed", error=error, metrics=self._metrics(job, {"nfe": running.steps}))
-            await self._acknowledge(job, delivery)
-            log.warning("job %s timed out", job.id)
-        elif isinstance(lane.error, bdia.BdiaError):
-            error = {"code": lane.error.code, "detail": str(lane.error)}
-            await queue.finish(job, "failed", error=error, metrics=self._metrics(job, {"nfe": running.steps}))
-            await self._acknowledge(job, delivery)
-            log.info("job %s failed: %s", job.id, lane.error)
-        elif lane.error is not None:  # a fault of this attempt, not of the job: deliver it again
-            log.error("job %s: attempt %d failed", job.id, delivery.deliveries, exc_info=lane.error)
-            detail = f"{type(lane.error).__name__}: {lane.error}"
-            await queue.requeue(job, {"code": "worker_error", "detail": detail})
-            await queue.release(self.model_name, delivery.message_id, self.id)
-        elif running.canceled and not lane.done:
-            await queue.finish(job, "canceled", metrics=self._metrics(job, {"nfe": running.steps}))
-            await self._acknowledge(job, delivery)
-            log.info("job %s canceled", job.id)
-        else:
+        elif verdict.action == "succeed":
             outcome = lane.result
             if outcome.inversion is not None:
                 await self.cache.put(job.inversion_id, outcome.inversion, outcome.inversion_meta)
             result, metrics = self._result(job, outcome), self._metrics(job, outcome.metrics)
-            await queue.finish(job, "succeeded", result=result, metrics=metrics, output=outcome.image_png)
+            await self.queue.finish(job, "succeeded", result=result, metrics=metrics, output=outcome.image_png)
             await self._acknowledge(job, delivery)
             log.info("job %s succeeded (nfe %s)", job.id, outcome.metrics.get("nfe"))
+        else:
+            if verdict.action == "requeue" and lane.error is not None:
+                log.error("job %s: attempt %d failed", job.id, delivery.deliveries, exc_info=lane.error)
+            await self._conclude(job, delivery, verdict, nfe=running.steps)
+
+    async def _conclude(self, job: Job, delivery: Delivery, verdict: Verdict, *, nfe: int) -> None:
+        """Carry out a verdict that stores no output: requeue the job and give it back, or fail or cancel it."""
+        error = verdict.error or {}
+        if verdict.action == "requeue":
+            await self.queue.requeue(job, error)
+            await self.queue.release(self.model_name, delivery.message_id, self.id)
+            log.info("job %s given back: %s", job.id, error.get("detail"))
+            return
+        status: Literal["failed", "canceled"] = "failed" if verdict.action == "fail" else "canceled"
+        await self.queue.finish(job, status, error=verdict.error, metrics=self._metrics(job, {"nfe": nfe}))
+        await self._acknowledge(job, delivery)
+        level = logging.WARNING if error.get("code") == "job_timeout" else logging.INFO
+        log.log(level, "job %s %s%s", job.id, status, f": {error['detail']}" if error else "")
 
     async def _acknowledge(self, job: Job, delivery: Delivery) -> None:
         await self.queue.ack(self.model_name, delivery.message_id)
@@ -380,8 +420,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-url", help="default: $BDIA_REDIS_URL")
     parser.add_argument("--device", help="torch device (default: CUDA when available)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: $BDIA_WORKER_THREADS)")
-    parser.add_argument("--batch-size", type=int,
-                        help=f"jobs run side by side (default: ${BATCH_SIZE_ENV}, else 8 on CUDA, 4 on CPU)")
+    parser.add_argument(
+        "--batch-size", type=int, help=f"jobs run side by side (default: ${BATCH_SIZE_ENV}, else 8 on CUDA, 4 on CPU)"
+    )
     parser.add_argument("--name", help="worker id (default: host-pid-random)")
     parser.add_argument("--log-level", default=os.environ.get("BDIA_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
@@ -398,8 +439,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = bdia.load_model(settings.model, device=args.device)
     except bdia.BdiaError as exc:
-        print(f"bdia worker: {exc}")
+        print(f"bdia worker: {exc}", file=sys.stderr)
         return 2
+    bdia.configure_determinism(model)
     worker = Worker(settings, model, model_name=settings.model, name=args.name, batch_size=args.batch_size)
 
     async def serve() -> None:
@@ -411,6 +453,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asyncio.run(serve())
     except RedisError as exc:
-        print(f"bdia worker: cannot use Redis at {settings.redis_url}: {exc}")
+        print(f"bdia worker: cannot use Redis at {settings.redis_url}: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -6,9 +6,9 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from ..cache import CachedInversion, InversionSpec
+from bdia.jobqueue.cache import CachedInversion, InversionSpec
 from ..deps import Services
-from ..jobs import Job, TooManyJobs
+from bdia.jobqueue.jobs import Job, TooManyJobs
 from ..problems import MEDIA_TYPE, Problem, not_found
 from ..schemas import InversionOut, JobOut, ProblemOut, iso
 

@@ -8,7 +8,7 @@ from fastapi.responses import Response
 from ..auth import tenant_of
 from ..deps import ServicesDep
 from ..idempotency import idempotent
-from ..jobs import Job
+from bdia.jobqueue.jobs import Job
 from ..limits import rate_limit
 from ..parsing import Body, check_guidance, check_prompt, image_field, inversion_spec, parse, read_body
 from ..schemas import EditFormIn, EditIn, JobOut, ReconstructionIn

@@ -11,7 +11,7 @@ from fastapi.responses import Response, StreamingResponse
 from ..auth import tenant_of
 from ..deps import LONGEST_BLOCK_S, ServicesDep
 from ..idempotency import idempotent
-from ..jobs import TERMINAL, Event
+from bdia.jobqueue.jobs import TERMINAL, Event
 from ..limits import rate_limit
 from ..problems import Problem, not_found
 from ..schemas import JobOut

@@ -11,6 +11,8 @@ from fastapi.responses import PlainTextResponse
 from redis.exceptions import RedisError
 
 from .. import metrics
+from bdia.params import SamplingParams
+
 from ..deps import ServicesDep
 from ..problems import Problem
 from ..schemas import ModelOut, ModelsOut
@@ -18,16 +20,8 @@ from .common import PROBLEMS
 
 router = APIRouter(tags=["system"])
 
-DEFAULTS: dict[str, Any] = {
-    "steps": 50,
-    "strength": 1.0,
-    "guidance_scale": 1.0,
-    "gamma": 1.0,
-    "exact": True,
-    "method": "bdia",
-    "negative_prompt": "",
-}
-"""Default inversion parameters; a model's workers may publish their own (``info["defaults"]``)."""
+DEFAULTS: dict[str, Any] = SamplingParams.defaults()
+"""Default inversion parameters (``bdia.params``); a model's workers may publish their own (``info["defaults"]``)."""
 
 
 @router.get("/healthz")

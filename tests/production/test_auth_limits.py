@@ -8,8 +8,8 @@ import time
 import pytest
 from service.conftest import free_port, make_png
 
-from app.auth import ApiKeys, digest
-from app.keys import Keys
+from bdia.app.auth import ApiKeys, digest
+from bdia.jobqueue.keys import Keys
 
 from .conftest import ALICE, BOB, KEYS, assert_problem, bearer
 

@@ -47,9 +47,11 @@ def test_images_run_the_entry_points_the_tests_run() -> None:
     assert 'ENTRYPOINT ["bdia"]' in api and 'ENTRYPOINT ["bdia"]' in worker
     assert '".[api]"' in api and "torch" not in api.split("RUN", 1)[1].split("\n")[0]  # no torch in the API
     assert "cuda" in worker.split("\n", 3)[2].lower() and '".[worker]"' in worker
-    # `bdia serve` and `bdia worker` are the commands the service tests start (app.main.serve, workers.worker).
+    # `bdia serve` and `bdia worker` are registered entry points running what the service tests start.
     for command in (["serve", "--help"], ["worker", "--help"]):
         done = subprocess.run([sys.executable, "-m", "bdia.cli", *command], capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
-    cli = (ROOT / "bdia" / "cli.py").read_text()
-    assert "from app.main import serve" in cli and "from workers.worker import main" in cli
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'serve = "bdia.app.main:cli"' in pyproject and 'worker = "bdia.workers.worker:main"' in pyproject
+    for folder in ("bdia", "app", "jobqueue", "workers"):  # every installed package's source is in the images
+        assert f"COPY {folder} ./{folder}" in api and f"COPY {folder} ./{folder}" in worker

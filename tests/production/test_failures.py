@@ -18,10 +18,10 @@ import redis
 from redis.asyncio import Redis
 from service.conftest import Deployment, delete_prefix, free_port, make_png, start_deployment
 
-from app.cache import InversionCache, InversionSpec, sha256
-from app.client import BdiaClient
-from app.jobs import Job, JobQueue
-from app.settings import Settings
+from bdia.jobqueue.cache import InversionCache, InversionSpec, sha256
+from bdia.client import BdiaClient
+from bdia.jobqueue.jobs import Job, JobQueue
+from bdia.jobqueue.settings import Settings
 
 from .conftest import assert_problem
 
@@ -40,7 +40,7 @@ def _running_owner(deployment: Deployment, client: redis.Redis, job_ids: list[st
 
 
 def test_repeated_worker_kills_lose_nothing_and_change_no_bit(redis_client, tmp_path, tiny_model) -> None:
-    from workers.tasks import Task, run_task
+    from bdia.workers.tasks import Task, run_task
 
     deployment = start_deployment(
         redis_client, tmp_path / "logs", ["k0", "k1", "k2", "k3"], lease_s="1.0", max_deliveries="20"

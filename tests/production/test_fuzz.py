@@ -23,9 +23,9 @@ from hypothesis import HealthCheck, Phase, settings
 from PIL import Image
 from service.conftest import make_png
 
-from app.client import BdiaClient
-from app.main import create_app
-from app.settings import Settings
+from bdia.client import BdiaClient
+from bdia.app.main import create_app
+from bdia.jobqueue.settings import Settings
 
 from .conftest import ALICE, assert_problem, bearer
 

@@ -14,14 +14,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 from service.conftest import make_png
 
-from app.client import BdiaClient
-from app.webhooks import sign, verify
+from bdia.client import BdiaClient
+from bdia.app.webhooks import sign, verify
 
 from .conftest import ALICE, BOB, WEBHOOK_SECRET, assert_problem, bearer
 
 
 def _standard_signature(secret: str, msg_id: str, timestamp: str, body: bytes) -> str:
-    """The Standard Webhooks v1 signature, computed from the spec (not from app.webhooks)."""
+    """The Standard Webhooks v1 signature, computed from the spec (not from bdia.app.webhooks)."""
     key = base64.b64decode(secret.split("_", 1)[1])
     return (
         "v1,"

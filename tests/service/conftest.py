@@ -20,11 +20,11 @@ import redis
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.client import BdiaClient
-from app.demo import free_port
-from app.keys import Keys
-from app.main import create_app
-from app.settings import Settings
+from bdia.client import BdiaClient
+from bdia.app.demo import free_port
+from bdia.jobqueue.keys import Keys
+from bdia.app.main import create_app
+from bdia.jobqueue.settings import Settings
 
 REDIS_URL = os.environ.get("BDIA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,10 +110,10 @@ class Deployment:
         return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
 
     def start_api(self) -> None:
-        self.api = self._spawn("api", ["-c", f"from app.main import serve; serve('127.0.0.1', {self.port})"])
+        self.api = self._spawn("api", ["-c", f"from bdia.app.main import serve; serve('127.0.0.1', {self.port})"])
 
     def start_worker(self, name: str) -> subprocess.Popen:
-        self.workers[name] = self._spawn(name, ["-m", "workers", "--name", name])
+        self.workers[name] = self._spawn(name, ["-m", "bdia.workers", "--name", name])
         return self.workers[name]
 
     def wait_ready(self, workers: int) -> None:

@@ -17,7 +17,7 @@ import redis
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.keys import Keys
+from bdia.jobqueue.keys import Keys
 
 from .conftest import make_png
 

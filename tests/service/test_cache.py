@@ -8,9 +8,9 @@ import json
 from redis.asyncio import Redis
 from safetensors.numpy import load
 
-from app.cache import InversionCache, InversionSpec
-from app.client import BdiaClient
-from app.settings import Settings
+from bdia.jobqueue.cache import InversionCache, InversionSpec
+from bdia.client import BdiaClient
+from bdia.jobqueue.settings import Settings
 
 from .conftest import REDIS_URL, Deployment, make_png
 

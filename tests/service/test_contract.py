@@ -11,7 +11,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from app.client import ApiError, BdiaClient
+from bdia.client import ApiError, BdiaClient
 
 from .conftest import ROOT, Deployment, make_png
 
@@ -19,7 +19,7 @@ STEPS = 6
 
 
 def test_the_api_process_never_imports_torch() -> None:
-    code = "import sys, app.main, app.client; app.main.create_app(); print('torch' in sys.modules)"
+    code = "import sys, bdia.app.main, bdia.client; bdia.app.main.create_app(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -6,7 +6,7 @@ import time
 
 import httpx
 
-from app.client import BdiaClient
+from bdia.client import BdiaClient
 
 from .conftest import Deployment, make_png
 

@@ -8,8 +8,8 @@ import json
 
 from redis.asyncio import Redis
 
-from app.jobs import Job, JobQueue
-from app.settings import Settings
+from bdia.jobqueue.jobs import Job, JobQueue
+from bdia.jobqueue.settings import Settings
 
 from .conftest import REDIS_URL
 

@@ -7,7 +7,7 @@ import time
 
 from safetensors.numpy import load
 
-from app.client import BdiaClient
+from bdia.client import BdiaClient
 
 from .conftest import Deployment, make_png
 

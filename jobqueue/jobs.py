@@ -5,7 +5,8 @@ at-least-once: a worker reads a job with XREADGROUP, holds it as long as it keep
 lease (the entry's idle time in the group's pending list, reset by an ownership-checked XCLAIM),
 and acknowledges it only after the job's outcome is stored. A job whose worker stopped renewing
 is reclaimed with XAUTOCLAIM; after ``max_deliveries`` deliveries it goes to the dead-letter
-stream. Every status change is one Lua script, so it is atomic with the event it publishes.
+stream. Every status change is one Lua script, so it is atomic with the event it publishes, and
+every one is checked against the transition table of ``states``, which the scripts embed.
 """
 
 from __future__ import annotations
@@ -22,12 +23,10 @@ from redis.exceptions import ResponseError
 
 from .keys import GROUP, Keys
 from .settings import PUBLIC_TENANT, Settings
+from .states import TERMINAL, EventName, IllegalTransition, JobKind, JobStatus, lua_tables
 from .stats import observe
 
-JobKind = Literal["invert", "edit", "reconstruct"]
-JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
-EventName = Literal["queued", "started", "progress", "cache_hit", "succeeded", "failed", "canceled"]
-TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
+__all__ = ["TERMINAL", "Delivery", "Event", "EventName", "Job", "JobKind", "JobQueue", "JobStatus", "TooManyJobs"]
 
 
 class TooManyJobs(Exception):
@@ -98,33 +97,42 @@ class Delivery:
     deliveries: int
 
 
-# --- Lua: every status change is atomic with its event ----------------------------------------
+# --- Lua: every status change is atomic with its event, and checked against the table -------
 
-_TERMINATE = """
-local function terminate(job, tenant_jobs, outbox, job_id, event)
-  -- A job reached a final status: it no longer counts against its tenant; its webhook is due.
-  redis.call('ZREM', tenant_jobs, job_id)
-  local hook = redis.call('HGET', job, 'webhook')
-  if hook and hook ~= 'null' then redis.call('XADD', outbox, '*', 'job', job_id, 'event', event) end
+_MOVE = (
+    lua_tables()
+    + """
+-- Move a job to status ``target`` if the table allows it from its stored status: set ``fields``
+-- (name, JSON value, ...), publish the table's event with ``data``, expire the job's keys after
+-- ``ttl`` (if > 0), and, on a final status, take it off its tenant's count and queue its webhook.
+-- Returns 1 when moved, 0 when the table refuses, -1 when there is no such job.
+local function move(job, events, result, tenant_jobs, outbox, job_id, target, data, ttl, fields)
+  local raw = redis.call('HGET', job, 'status')
+  if not raw then return -1 end
+  local event = (TRANSITIONS[cjson.decode(raw)] or {})[target]
+  if not event then return 0 end
+  redis.call('HSET', job, 'status', cjson.encode(target))
+  for i = 1, #fields, 2 do redis.call('HSET', job, fields[i], fields[i + 1]) end
+  redis.call('XADD', events, '*', 'event', event, 'data', data)
+  if ttl > 0 then
+    for _, key in ipairs({job, events, result}) do redis.call('EXPIRE', key, ttl) end
+  end
+  if TERMINAL[target] then
+    redis.call('ZREM', tenant_jobs, job_id)
+    local hook = redis.call('HGET', job, 'webhook')
+    if hook and hook ~= 'null' then redis.call('XADD', outbox, '*', 'job', job_id, 'event', event) end
+  end
+  return 1
 end
 """
+)
 
 _TRANSITION = (
-    _TERMINATE
+    _MOVE
     + """
--- KEYS: job, events, result, tenant jobs, outbox.
--- ARGV: allowed statuses ',a,b,', event, event data, ttl, job id, terminal (0/1), field, value, ...
-local raw = redis.call('HGET', KEYS[1], 'status')
-if not raw then return -1 end
-if not string.find(ARGV[1], ',' .. cjson.decode(raw) .. ',', 1, true) then return 0 end
-for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-if ARGV[2] ~= '' then redis.call('XADD', KEYS[2], '*', 'event', ARGV[2], 'data', ARGV[3]) end
-local ttl = tonumber(ARGV[4])
-if ttl > 0 then
-  for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ttl) end
-end
-if ARGV[6] == '1' then terminate(KEYS[1], KEYS[4], KEYS[5], ARGV[5], ARGV[2]) end
-return 1
+-- KEYS: job, events, result, tenant jobs, outbox.  ARGV: job id, target, event data, ttl, field, value, ...
+return move(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]),
+            {unpack(ARGV, 5)})
 """
 )
 
@@ -146,25 +154,26 @@ return mid
 """
 
 _CANCEL = (
-    _TERMINATE
+    _MOVE
     + """
--- KEYS: job, events, queue, tenant jobs, outbox.  ARGV: now, ttl, job id.  Returns the status afterwards.
+-- KEYS: job, events, result, tenant jobs, outbox, queue.  ARGV: job id, ttl, now.
+-- A running job is only asked to stop (its worker makes the move); any other is canceled here if the
+-- table allows it, and its stream entry deleted. Returns the status afterwards, or false when there
+-- is no such job.
 local raw = redis.call('HGET', KEYS[1], 'status')
 if not raw then return false end
 local status = cjson.decode(raw)
-if status == 'queued' then
-  redis.call('HSET', KEYS[1], 'status', '"canceled"', 'finished_at', ARGV[1], 'cancel_requested', 'true',
-             'progress', 'null')
-  redis.call('XADD', KEYS[2], '*', 'event', 'canceled', 'data', '{"reason":"canceled while queued"}')
-  local mid = cjson.decode(redis.call('HGET', KEYS[1], 'message_id') or 'null')
-  if mid and mid ~= cjson.null then redis.call('XDEL', KEYS[3], mid) end
-  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
-  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[2]))
-  terminate(KEYS[1], KEYS[4], KEYS[5], ARGV[3], 'canceled')
-  return 'canceled'
+if status == 'running' then
+  redis.call('HSET', KEYS[1], 'cancel_requested', 'true')
+  return status
 end
-if status == 'running' then redis.call('HSET', KEYS[1], 'cancel_requested', 'true') end
-return status
+local mid = cjson.decode(redis.call('HGET', KEYS[1], 'message_id') or 'null')
+local moved = move(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], 'canceled',
+                   '{"reason":"canceled while queued"}', tonumber(ARGV[2]),
+                   {'finished_at', ARGV[3], 'cancel_requested', 'true', 'progress', 'null'})
+if moved ~= 1 then return status end
+if mid and mid ~= cjson.null then redis.call('XDEL', KEYS[6], mid) end
+return 'canceled'
 """
 )
 
@@ -282,8 +291,9 @@ class JobQueue:
         if model is None:
             return None
         tenant_jobs = self.keys.tenant_jobs(json.loads(tenant) if tenant else PUBLIC_TENANT)
-        keys = [job_key, self.keys.events(job_id), self.keys.queue(json.loads(model)), tenant_jobs, self.keys.webhooks]
-        status = await self._cancel(keys=keys, args=[json.dumps(time.time()), self.settings.job_ttl_s, job_id])
+        keys = [job_key, self.keys.events(job_id), self.keys.result(job_id), tenant_jobs, self.keys.webhooks,
+                self.keys.queue(json.loads(model))]  # fmt: skip
+        status = await self._cancel(keys=keys, args=[job_id, self.settings.job_ttl_s, json.dumps(time.time())])
         if status == b"canceled":
             await self.redis.hincrby(self.keys.stats, 'jobs_finished_total{status="canceled"}', 1)
         return None if status is None else _text(status)
@@ -329,12 +339,9 @@ class JobQueue:
             await pipe.execute()
 
     async def start(self, job: Job, worker: str, attempt: int) -> bool:
-        """queued (or running, when reclaimed) → running; False if the job was canceled meanwhile."""
-        now = time.time()
-        return await self._move(
-            job, ("queued", "running"), "started", {"worker": worker, "attempt": attempt},
-            status="running", started_at=now, worker=worker, attempts=attempt, error=None,
-        )  # fmt: skip
+        """queued (or running, when reclaimed) → running; False if the job finished meanwhile."""
+        fields = {"started_at": time.time(), "worker": worker, "attempts": attempt, "error": None}
+        return await self._move(job, "running", {"worker": worker, "attempt": attempt}, **fields)
 
     async def progress(self, job_id: str, step: int, total: int, stage: str) -> bool:
         """Publish a progress event; returns whether the job's cancellation was requested."""
@@ -360,17 +367,20 @@ class JobQueue:
         metrics: dict[str, Any] | None = None,
         output: bytes | None = None,
     ) -> bool:
-        """running → a final status, after storing the output image; then the job expires after its TTL."""
+        """running (or queued, when dead-lettered) → a final status, after storing the output image; then
+        the job expires after its TTL. False when the table refuses the move from the stored status."""
+        if status not in TERMINAL:
+            raise IllegalTransition(job.status, status)
         if output is not None:
             await self.redis.set(self.keys.result(job.id), output, ex=self.settings.job_ttl_s)
         data: dict[str, Any] = {"result": result, "metrics": metrics} if status == "succeeded" else {}
         if error:
             data["error"] = error
-        moved = await self._move(
-            job, ("queued", "running"), status, data, ttl=self.settings.job_ttl_s,
-            status=status, finished_at=time.time(), result=result, error=error,
-            metrics=metrics or {}, **({"cancel_requested": True} if status == "canceled" else {}),
-        )  # fmt: skip
+        fields: dict[str, Any] = {"finished_at": time.time(), "result": result, "error": error}
+        fields["metrics"] = metrics or {}
+        if status == "canceled":
+            fields["cancel_requested"] = True
+        moved = await self._move(job, status, data, ttl=self.settings.job_ttl_s, **fields)
         if moved:
             await self._record(job, status, metrics or {})
         return moved
@@ -394,13 +404,14 @@ class JobQueue:
 
     async def requeue(self, job: Job, error: dict[str, Any]) -> bool:
         """running → queued after a failed attempt; the job is delivered again (or dead-lettered)."""
-        return await self._move(
-            job, ("running",), "queued", {"reason": error.get("detail", ""), "retry": True},
-            status="queued", worker=None, progress=None, error=error,
-        )  # fmt: skip
+        data = {"reason": error.get("detail", ""), "retry": True}
+        return await self._move(job, "queued", data, worker=None, progress=None, error=error)
 
     async def dead_letter(self, job: Job, delivery: Delivery) -> None:
-        """Fail a job that was delivered too often, record it in the dead-letter stream, acknowledge it."""
+        """Fail a job that was delivered too often, record it in the dead-letter stream, acknowledge it.
+
+        The job is running (its last worker died mid-job) or queued (its last attempt was given back,
+        or no worker started it); the table allows ``failed`` from both."""
         last = (job.error or {}).get("detail", "its workers stopped or failed")
         error = {
             "code": "max_deliveries_exceeded",
@@ -415,18 +426,10 @@ class JobQueue:
         await self.finish(job, "failed", error=error)
         await self.ack(job.model, delivery.message_id)
 
-    async def _move(
-        self,
-        job: Job,
-        allowed: tuple[str, ...],
-        event: str,
-        data: dict[str, Any],
-        *,
-        ttl: int = 0,
-        **fields: Any,
-    ) -> bool:
-        terminal = "1" if event in TERMINAL else "0"
-        args: list[Any] = [f",{','.join(allowed)},", event, json.dumps(data), ttl, job.id, terminal]
+    async def _move(self, job: Job, target: JobStatus, data: dict[str, Any], *, ttl: int = 0, **fields: Any) -> bool:
+        """Move the job to ``target`` if the table allows it from its stored status, setting ``fields``
+        and publishing the table's event with ``data``; False when refused (or the job is gone)."""
+        args: list[Any] = [job.id, target, json.dumps(data), ttl]
         for name, value in fields.items():
             args += [name, json.dumps(value)]
         keys = [self.keys.job(job.id), self.keys.events(job.id), self.keys.result(job.id),

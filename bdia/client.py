@@ -1,6 +1,6 @@
 """A typed Python client for the bdia HTTP API, on httpx.
 
-    from app.client import BdiaClient
+    from bdia.client import BdiaClient
 
     with BdiaClient("http://127.0.0.1:8000") as client:
         submitted = client.invert(open("photo.png", "rb").read(), "a red circle", steps=50)
@@ -24,8 +24,8 @@ from typing import Any, BinaryIO
 
 import httpx
 
-from .jobs import TERMINAL, Event
-from .schemas import InversionOut, JobOut, ModelsOut, ProgressOut
+from bdia.jobqueue.jobs import TERMINAL, Event
+from bdia.app.schemas import InversionOut, JobOut, ModelsOut, ProgressOut
 
 ImageInput = bytes | str | os.PathLike[str] | BinaryIO
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bdia.params import DEFAULT_GAMMA_BOUND, default_model
 
 
 class Settings(BaseSettings):
@@ -15,8 +18,9 @@ class Settings(BaseSettings):
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "bdia"
-    model: str = "tiny-random"
-    """The default model: used when a request names none, and the one ``bdia worker`` loads."""
+    model: str = Field(default_factory=default_model)
+    """The default model: used when a request names none, and the one ``bdia worker`` loads (default: the
+    bundled ``shapes`` model, as for the CLI; ``tiny-random`` where its weights are not installed)."""
     models: str = ""
     """Comma-separated models this deployment serves; empty means just ``model``."""
     redis_timeout_s: float = 2.0
@@ -39,7 +43,8 @@ class Settings(BaseSettings):
     """Longer side over shorter side: beyond it an upload is refused (fitting it would blow up or lose it)."""
     max_prompt_chars: int = 1000
     max_steps: int = 1000
-    gamma_bound: float = 30.0
+    gamma_bound: float = DEFAULT_GAMMA_BOUND
+    """The largest error growth γ^−(K−1) an inversion may have (docs/numerics.md); the engine's default."""
     max_guidance_scale: float = 100.0
     max_queue: int = 1000
     """Queued jobs per model beyond which submissions get 503 ``queue_full``."""

@@ -1,9 +1,12 @@
 """Train the default ``shapes`` model: a small text-to-image diffusion model in pixel space.
 
-    python -m bdia.shapes.train --out DIR --steps S --batch B --seed 0 [--device cuda] [--time-limit SECONDS]
+    python -m shapes.train --out DIR --steps S --batch B --seed 0 [--device cuda] [--time-limit SECONDS]
+
+(from the repository root: ``shapes`` is a top-level folder, not part of the installed package; the
+trained weights live in ``bdia/assets/shapes/``).
 
 A ``UNet2DConditionModel`` with cross-attention and a small ``CLIPTextModel`` over the byte-level
-tokenizer are trained jointly from scratch on scenes drawn on the fly (:mod:`bdia.shapes.scenes`;
+tokenizer are trained jointly from scratch on scenes drawn on the fly (:mod:`shapes.scenes`;
 batch ``k`` is a pure function of the seed and ``k``), with ε-prediction, min-SNR loss weights,
 classifier-free-guidance dropout, AdamW with warm-up and cosine decay, and an EMA of the weights
 (what is saved). DIR gets the StableDiffusionPipeline layout without a VAE (``unet/``,
@@ -11,32 +14,32 @@ classifier-free-guidance dropout, AdamW with warm-up and cosine decay, and an EM
 ``training.json`` (the run's record) and ``samples.png``.
 
 The run ends with a self-check: it loads DIR back through diffusers, samples held-out prompts with
-DDIM and classifier-free guidance, and reports how often :mod:`bdia.shapes.classifier` sees the
+DDIM and classifier-free guidance, and reports how often :mod:`shapes.classifier` sees the
 prompt's objects. ``--time-limit`` bounds the whole run, self-check included: training stops early
-(the learning-rate schedule then follows elapsed time) and saves what it has.
+(the learning-rate schedule then follows elapsed time) and saves what it has. Run as a command, the
+run's clock starts when the process started (``process_start``), so interpreter start-up and the
+imports of torch count too; ``main`` called from Python starts it when called.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import math
+import os
+import sys
 import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
-_START = time.monotonic()  # before the heavy imports: --time-limit counts from here
+import numpy as np
+import torch
+from PIL import Image
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import os  # noqa: E402
-import sys  # noqa: E402
-from dataclasses import asdict, dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
+from bdia.tokenizer import VOCAB_SIZE, byte_level_tokenizer
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from ..tokenizer import VOCAB_SIZE, byte_level_tokenizer  # noqa: E402
-from .classifier import compare  # noqa: E402
-from .scenes import random_scene, render_batch, scene_rng  # noqa: E402
+from .classifier import compare
+from .scenes import random_scene, render_batch, scene_rng
 
 TRAIN_STREAM, CHECK_STREAM = 0, 2  # scene streams (benchmarks use others)
 
@@ -251,37 +254,161 @@ def _lr_factor(progress: float, step: int, warmup: int, floor: float = 0.1) -> f
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def train(args: argparse.Namespace) -> dict:
-    """Train, save to ``args.out``, self-check; returns the run's record (also in ``training.json``)."""
-    _quiet_libraries()
+def process_start() -> float:
+    """When this process started, on the ``time.monotonic`` clock (read from ``/proc``; elsewhere: now)."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - int(fields[19]) / os.sysconf("SC_CLK_TCK")  # starttime
+    except (OSError, ValueError, IndexError, AttributeError):
+        return time.monotonic()
+    return time.monotonic() - max(age, 0.0)
+
+
+def _setup_torch(args: argparse.Namespace) -> torch.device:
+    """The training device, with fast (non-deterministic) kernels on CUDA; seeds the global RNG."""
     device = torch.device(args.device)
-    cuda = device.type == "cuda"
     if args.threads:
         torch.set_num_threads(args.threads)
-    if cuda:
+    if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(args.seed)
-    config = PRESETS[args.model]
-    unet, text_encoder, tokenizer, scheduler = build_model(config, args.resolution)
-    unet.to(device).train()
-    text_encoder.to(device).train()
-    if args.channels_last:
-        unet.to(memory_format=torch.channels_last)
-    params = [p for m in (unet, text_encoder) for p in m.parameters()]
-    ema = [p.detach().clone() for p in params]
-    optimizer = torch.optim.AdamW(
-        params, lr=args.lr, betas=(0.9, 0.99), weight_decay=args.weight_decay, **({"fused": True} if cuda else {})
-    )
-    alphas = scheduler.alphas_cumprod.to(device, torch.float32)
-    snr = alphas / (1 - alphas)
-    loss_weight = snr.clamp(max=args.min_snr) / snr if args.min_snr > 0 else torch.ones_like(snr)
-    generator = torch.Generator(device=device).manual_seed(args.seed)
-    data = SceneBatches(args.seed, args.batch, args.resolution, args.uncond, config.max_length, args.steps)
+    return device
+
+
+class Trainee:
+    """The model in training: UNet and text encoder, AdamW, the EMA of the weights, and the loss's step."""
+
+    def __init__(self, args: argparse.Namespace, device: torch.device) -> None:
+        cuda = device.type == "cuda"
+        self.args, self.device = args, device
+        self.unet, self.text_encoder, self.tokenizer, self.scheduler = build_model(PRESETS[args.model], args.resolution)
+        self.unet.to(device).train()
+        self.text_encoder.to(device).train()
+        if args.channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+        self.params = [p for m in (self.unet, self.text_encoder) for p in m.parameters()]
+        self.ema = [p.detach().clone() for p in self.params]
+        self.optimizer = torch.optim.AdamW(
+            self.params,
+            lr=args.lr,
+            betas=(0.9, 0.99),
+            weight_decay=args.weight_decay,
+            **({"fused": True} if cuda else {}),
+        )
+        self.alphas = self.scheduler.alphas_cumprod.to(device, torch.float32)
+        snr = self.alphas / (1 - self.alphas)
+        self.loss_weight = snr.clamp(max=args.min_snr) / snr if args.min_snr > 0 else torch.ones_like(snr)
+        self.generator = torch.Generator(device=device).manual_seed(args.seed)
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters of the UNet and of the text encoder."""
+        return {
+            "unet": sum(p.numel() for p in self.unet.parameters()),
+            "text_encoder": sum(p.numel() for p in self.text_encoder.parameters()),
+        }
+
+    def step(self, pixels: torch.Tensor, ids: torch.Tensor, lr: float, step: int) -> torch.Tensor:
+        """Optimisation step ``step`` (from 0) on uint8 images and token ids at ``lr``; its loss, unsynchronised."""
+        args, device = self.args, self.device
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        x0 = pixels.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
+        ids = ids.to(device, non_blocking=True)
+        if args.channels_last:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+        noise = torch.randn(x0.shape, generator=self.generator, device=device)
+        t = torch.randint(0, len(self.alphas), (x0.shape[0],), generator=self.generator, device=device)
+        a = self.alphas[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        with self.autocast:
+            context = self.text_encoder(ids)[0]
+            eps = self.unet(xt, t, encoder_hidden_states=context).sample
+        loss = ((eps.float() - noise) ** 2).mean(dim=(1, 2, 3)).mul(self.loss_weight[t]).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, args.clip)
+        self.optimizer.step()
+        decay = min(args.ema, (1 + step) / (10 + step))
+        torch._foreach_lerp_(self.ema, [p.detach() for p in self.params], 1 - decay)
+        return loss.detach()
+
+    def save_ema(self, folder: Path, dtype: torch.dtype) -> None:
+        """Replace the weights by their EMA and save them to ``folder`` (the pipeline layout, in ``dtype``)."""
+        with torch.no_grad():
+            for p, e in zip(self.params, self.ema, strict=True):
+                p.copy_(e)
+        folder.mkdir(parents=True, exist_ok=True)
+        save(folder, self.unet.cpu(), self.text_encoder.cpu(), self.tokenizer, self.scheduler, dtype)
+
+
+class Pace:
+    """The run's clock: its deadline, the time per step, and each logging window's rate and data wait.
+
+    The first step pays for warm-up (kernel selection, data workers starting): it is not timed.
+    """
+
+    def __init__(self, started: float, time_limit: float | None, check_steps: float) -> None:
+        self.started = started
+        self.deadline = started + time_limit if time_limit else math.inf
+        self.check_steps = check_steps  # the self-check's cost, in training steps
+        self.first_done: float | None = None
+        self.step_time: float | None = None
+        self.window_start, self.window_steps, self.wait = time.monotonic(), 0, 0.0
+
+    def reserve(self) -> float:
+        """Seconds kept for the rest of the run after training: saving, the self-check, a margin."""
+        return 20.0 + 1.5 * self.check_steps * (self.step_time or 0.0)
+
+    def out_of_time(self, now: float) -> bool:
+        """Whether one more step and the rest of the run would not fit in the time limit."""
+        return now + (self.step_time or 0.0) + self.reserve() > self.deadline
+
+    def progress(self, step: int, steps: int, now: float) -> float:
+        """How far the learning-rate schedule is: by steps, or by the clock when the time limit ends it sooner."""
+        progress = step / steps
+        if self.first_done is not None and math.isfinite(self.deadline):
+            left = max(self.deadline - self.reserve() - self.first_done, 1e-6)
+            progress = max(progress, (now - self.first_done) / left)
+        return progress
+
+    def stepped(self, step: int) -> None:
+        """Count a finished step (``step`` done so far)."""
+        self.window_steps += 1
+        if step == 1:
+            self.first_done = self.window_start = time.monotonic()
+            self.window_steps, self.wait = 0, 0.0
+            print(f"first step done at {self.first_done - self.started:.1f}s (start-up and warm-up)", flush=True)
+        elif self.step_time is None and self.window_steps >= 2:
+            self.step_time = (time.monotonic() - self.window_start) / self.window_steps
+
+    def close_window(self) -> tuple[float, float]:
+        """(steps per second, fraction of the time spent waiting for data) since the last call; starts a new window."""
+        now = time.monotonic()
+        if self.window_steps:
+            self.step_time = (now - self.window_start) / self.window_steps
+        rate = 1 / self.step_time if self.step_time else 0.0
+        waited = self.wait / max(now - self.window_start, 1e-9)
+        self.window_start, self.window_steps, self.wait = now, 0, 0.0
+        return rate, waited
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def train_seconds(self) -> float:
+        """Seconds since the first step was done (the untimed warm-up excluded)."""
+        return time.monotonic() - (self.first_done or self.started)
+
+
+def _loader(args: argparse.Namespace, device: torch.device) -> torch.utils.data.DataLoader:
+    """The training batches, rendered by data workers (default: up to 12 on CUDA, none on CPU)."""
+    cuda = device.type == "cuda"
+    data = SceneBatches(args.seed, args.batch, args.resolution, args.uncond, PRESETS[args.model].max_length, args.steps)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
     workers = args.workers if args.workers is not None else (max(min(12, cpus - 2), 1) if cuda else 0)
-    loader = torch.utils.data.DataLoader(
+    return torch.utils.data.DataLoader(
         data,
         batch_size=None,
         shuffle=False,
@@ -289,118 +416,100 @@ def train(args: argparse.Namespace) -> dict:
         pin_memory=cuda,
         prefetch_factor=4 if workers else None,
     )
-    n_unet = sum(p.numel() for p in unet.parameters())
-    n_text = sum(p.numel() for p in text_encoder.parameters())
-    print(
-        f"shapes: UNet {n_unet / 1e6:.2f} M + text encoder {n_text / 1e6:.2f} M parameters; "
-        f"{args.steps} steps of {args.batch} at {args.resolution}px on {device}, {workers} data workers",
-        flush=True,
-    )
 
-    deadline = _START + args.time_limit if args.time_limit else math.inf
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
-    check_cost = args.check_samples * 2 * args.check_steps / (3 * args.batch)  # self-check, in training steps
+
+def _train_steps(trainee: Trainee, loader: torch.utils.data.DataLoader, pace: Pace) -> tuple[int, list]:
+    """Up to ``--steps`` steps, fewer when the time limit binds: (steps done, [(step, mean loss)] per log line)."""
+    args = trainee.args
     losses: list[tuple[int, float]] = []
-    loss_sum = torch.zeros((), device=device)
-    step, step_time, first_done, wait, loss_n = 0, None, None, 0.0, 0
-    window_start, window_steps = time.monotonic(), 0
+    loss_sum, loss_n = torch.zeros((), device=trainee.device), 0
+    step = 0
     batches = iter(loader)
     while step < args.steps:
         now = time.monotonic()
-        # Stop when one more step and the rest of the run (saving, self-check, a margin) would not fit.
-        reserve = 20.0 + 1.5 * check_cost * (step_time or 0.0)
-        if now + (step_time or 0.0) + reserve > deadline:
+        if pace.out_of_time(now):
             print(f"time limit: stopping after {step} steps", flush=True)
             break
-        progress = step / args.steps
-        if first_done is not None and math.isfinite(deadline):  # a time-bound run anneals by the clock
-            progress = max(progress, (now - first_done) / max(deadline - reserve - first_done, 1e-6))
-        lr = args.lr * _lr_factor(progress, step, args.warmup)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-
-        t0 = time.monotonic()
+        lr = args.lr * _lr_factor(pace.progress(step, args.steps, now), step, args.warmup)
+        fetch = time.monotonic()
         pixels, ids = next(batches)
-        wait += time.monotonic() - t0
-        x0 = pixels.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
-        ids = ids.to(device, non_blocking=True)
-        if args.channels_last:
-            x0 = x0.contiguous(memory_format=torch.channels_last)
-        noise = torch.randn(x0.shape, generator=generator, device=device)
-        t = torch.randint(0, len(alphas), (x0.shape[0],), generator=generator, device=device)
-        a = alphas[t].view(-1, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        with autocast:
-            context = text_encoder(ids)[0]
-            eps = unet(xt, t, encoder_hidden_states=context).sample
-        loss = ((eps.float() - noise) ** 2).mean(dim=(1, 2, 3)).mul(loss_weight[t]).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, args.clip)
-        optimizer.step()
-        decay = min(args.ema, (1 + step) / (10 + step))
-        torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
-        loss_sum += loss.detach()
+        pace.wait += time.monotonic() - fetch
+        loss_sum += trainee.step(pixels, ids, lr, step)
         loss_n += 1
         step += 1
-        window_steps += 1
-
-        if step == 1:  # the first step pays for warm-up (kernel selection, worker start): not timed
-            first_done = window_start = time.monotonic()
-            window_steps, wait = 0, 0.0
-            print(f"first step done at {first_done - _START:.1f}s (start-up and warm-up)", flush=True)
-        elif step_time is None and window_steps >= 2:
-            step_time = (time.monotonic() - window_start) / window_steps
+        pace.stepped(step)
         if step % args.log_every == 0 or step == args.steps:
             mean_loss = float(loss_sum) / loss_n  # synchronises
-            now = time.monotonic()
-            if window_steps:
-                step_time = (now - window_start) / window_steps
-            rate = 1 / step_time if step_time else 0.0
-            waited = wait / max(now - window_start, 1e-9)
+            rate, waited = pace.close_window()
             losses.append((step, round(mean_loss, 5)))
             print(
                 f"step {step:6d}  loss {mean_loss:.4f}  lr {lr:.2e}  {rate:6.2f} it/s  {rate * args.batch:7.0f} img/s"
-                f"  data wait {waited:4.0%}  elapsed {now - _START:6.1f}s",
+                f"  data wait {waited:4.0%}  elapsed {pace.elapsed():6.1f}s",
                 flush=True,
             )
             loss_sum.zero_()
-            window_start, window_steps, wait, loss_n = now, 0, 0.0, 0
-    del batches, loader
-    if cuda:
-        torch.cuda.synchronize()
-    train_seconds = time.monotonic() - (first_done or _START)
+            loss_n = 0
+    return step, losses
 
-    with torch.no_grad():
-        for p, e in zip(params, ema, strict=True):
-            p.copy_(e)
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+
+
+def _run_self_check(folder: Path, args: argparse.Namespace, device: torch.device) -> dict:
+    """``self_check`` with the run's settings, and its summary line."""
+    check = self_check(folder, args.check_samples, args.check_steps, args.guidance, args.seed, device)
+    print(
+        f"self-check ({check['samples']} samples, DDIM {check['ddim_steps']}, guidance {check['guidance']}): "
+        f"prompt accuracy {check['prompt_accuracy']:.1%}, objects {check['object_accuracy']:.1%}, "
+        f"counts {check['count_accuracy']:.1%}, backgrounds {check['background_accuracy']:.1%}",
+        flush=True,
+    )
+    return check
+
+
+def train(args: argparse.Namespace, started: float | None = None) -> dict:
+    """Train, save to ``args.out``, self-check; returns the run's record (also in ``training.json``).
+
+    ``started`` (``time.monotonic``; default: now) is when the run's clock, and ``--time-limit``, started.
+    """
+    started = time.monotonic() if started is None else started
+    _quiet_libraries()
+    device = _setup_torch(args)
+    trainee = Trainee(args, device)
+    loader = _loader(args, device)
+    sizes = trainee.parameter_counts()
+    print(
+        f"shapes: UNet {sizes['unet'] / 1e6:.2f} M + text encoder {sizes['text_encoder'] / 1e6:.2f} M parameters; "
+        f"{args.steps} steps of {args.batch} at {args.resolution}px on {device}, {loader.num_workers} data workers",
+        flush=True,
+    )
+    check_steps = args.check_samples * 2 * args.check_steps / (3 * args.batch)  # the self-check's cost
+    pace = Pace(started, args.time_limit, check_steps)
+    steps, losses = _train_steps(trainee, loader, pace)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    train_seconds = pace.train_seconds()
+
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save(out, unet.cpu(), text_encoder.cpu(), tokenizer, scheduler, torch.float16 if args.fp16 else torch.float32)
+    trainee.save_ema(out, torch.float16 if args.fp16 else torch.float32)
     record = {
-        "command": "python -m bdia.shapes.train " + " ".join(getattr(args, "argv", sys.argv[1:])),
+        "command": "python -m shapes.train " + " ".join(getattr(args, "argv", sys.argv[1:])),
         "args": vars(args),
-        "model": asdict(config),
-        "parameters": {"unet": n_unet, "text_encoder": n_text},
-        "steps_done": step,
-        "stopped_by_time_limit": step < args.steps,
+        "model": asdict(PRESETS[args.model]),
+        "parameters": sizes,
+        "steps_done": steps,
+        "stopped_by_time_limit": steps < args.steps,
         "train_seconds": round(train_seconds, 1),
-        "images_per_second": round(max(step - 1, 0) * args.batch / max(train_seconds, 1e-9), 1),
+        "images_per_second": round(max(steps - 1, 0) * args.batch / max(train_seconds, 1e-9), 1),
         "losses": losses,
-        "device": torch.cuda.get_device_name(device) if cuda else f"cpu ({torch.get_num_threads()} threads)",
+        "device": _device_name(device),
         "torch": torch.__version__,
     }
-    print(f"saved {out} after {step} steps ({record['images_per_second']:.0f} img/s)", flush=True)
+    print(f"saved {out} after {steps} steps ({record['images_per_second']:.0f} img/s)", flush=True)
     if args.check_samples:
-        check = self_check(out, args.check_samples, args.check_steps, args.guidance, args.seed, device)
-        record["self_check"] = check
-        print(
-            f"self-check ({check['samples']} samples, DDIM {check['ddim_steps']}, guidance {check['guidance']}): "
-            f"prompt accuracy {check['prompt_accuracy']:.1%}, objects {check['object_accuracy']:.1%}, "
-            f"counts {check['count_accuracy']:.1%}, backgrounds {check['background_accuracy']:.1%}",
-            flush=True,
-        )
-    record["total_seconds"] = round(time.monotonic() - _START, 1)
+        record["self_check"] = _run_self_check(out, args, device)
+    record["total_seconds"] = round(pace.elapsed(), 1)
     (out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
     print(f"done in {record['total_seconds']:.0f}s", flush=True)
     return record
@@ -434,13 +543,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Run ``python -m bdia.shapes.train`` with ``argv`` (default: the command line)."""
+def main(argv: list[str] | None = None, *, started: float | None = None) -> dict:
+    """Run ``python -m shapes.train`` with ``argv`` (default: the command line).
+
+    ``started`` is when the run's clock starts, on the ``time.monotonic`` clock (default: now).
+    """
+    started = time.monotonic() if started is None else started
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     args.argv = argv
-    return train(args)
+    return train(args, started)
 
 
 if __name__ == "__main__":
-    main()
+    main(started=process_start())

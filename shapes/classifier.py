@@ -54,9 +54,6 @@ class DetectedObject:
     score: float  # soft IoU of the best template
     mask: np.ndarray = field(repr=False, compare=False)  # (H, W) coverage in [0, 1]
 
-    def as_shape(self) -> Shape:
-        return Shape(self.kind, self.colour, self.center, self.size)
-
 
 @dataclass(frozen=True)
 class Detection:
@@ -64,9 +61,6 @@ class Detection:
 
     background: str
     objects: tuple[DetectedObject, ...]
-
-    def as_scene(self) -> Scene:
-        return Scene((), self.background).with_shapes([o.as_shape() for o in self.objects])
 
 
 def _background(image: np.ndarray) -> np.ndarray:

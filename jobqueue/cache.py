@@ -16,49 +16,39 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
+
+from bdia.params import InversionParams
 
 from .keys import Keys
 from .settings import PUBLIC_TENANT, Settings
 
 log = logging.getLogger(__name__)
 
-Method = Literal["bdia", "ddim", "edict"]
-
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-class InversionSpec(BaseModel):
-    """What an inversion is of. Equal specs name the same inversion; the worker recomputes from it."""
+class InversionSpec(InversionParams):
+    """What an inversion is of: the engine's parameters, the image's sha256 and the tenant.
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    Equal specs name the same inversion; the worker recomputes it from the spec.
+    """
 
-    model: str
     image_sha256: str
     tenant: str = PUBLIC_TENANT
-    prompt: str = ""
-    negative_prompt: str = ""
-    steps: int = Field(50, ge=1)
-    strength: float = Field(1.0, gt=0, le=1)
-    guidance_scale: float = Field(1.0, ge=0)
-    gamma: float = Field(1.0, gt=0, le=1)
-    exact: bool = True
-    method: Method = "bdia"
-
-    @property
-    def levels(self) -> int:
-        """K = round(steps·strength), at least 1: how many levels the image is inverted."""
-        return max(1, round(self.steps * self.strength))
 
     @property
     def params(self) -> dict[str, Any]:
         """The inversion parameters, as a job or an inversion shows them."""
         return self.model_dump(exclude={"model", "image_sha256", "tenant"})
+
+    def inversion_params(self) -> InversionParams:
+        """The engine's parameters of this inversion."""
+        return InversionParams(**self.model_dump(exclude={"image_sha256", "tenant"}))
 
     @property
     def inversion_id(self) -> str:
