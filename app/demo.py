@@ -1,9 +1,9 @@
 """``make demo`` / ``bdia demo``: the whole service on this machine, driven by the typed client.
 
-Starts Redis (a private ``redis-server`` on a free port unless ``BDIA_REDIS_URL`` is set), the API
-and one worker with the default model; uploads a sample image; edits it twice (the first edit
-inverts it, the second reuses the cached inversion); reconstructs it; saves the PNGs; prints the
-timings and the round-trip error; and shuts everything down, also on Ctrl-C.
+Starts a local stack (``bdia.jobqueue.stack``: a private ``redis-server`` on a free port unless
+``BDIA_REDIS_URL`` is set, the API and one worker with the default model); uploads a sample image;
+edits it twice (the first edit inverts it, the second reuses the cached inversion); reconstructs it;
+saves the PNGs; prints the timings and the round-trip error; and shuts everything down, also on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -11,22 +11,14 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import redis
+from bdia.jobqueue.stack import LocalStack, RedisMissing, StackFailed
 
 from bdia.client import BdiaClient
-from bdia.jobqueue.keys import Keys
 
 SAMPLE = Path(__file__).resolve().parents[1] / "bdia" / "assets" / "sample.png"
 SOURCE_PROMPT = "a red circle and a blue square on a grey background"
@@ -36,53 +28,6 @@ EDITS = (
     "a red circle and a blue triangle on a grey background",
 )
 STARTUP_TIMEOUT_S = 600
-NO_REDIS = """\
-bdia demo: redis-server is not installed, and BDIA_REDIS_URL is not set.
-Install Redis and run the demo again:
-    Debian/Ubuntu:  sudo apt-get install redis-server
-    Fedora:         sudo dnf install redis
-    macOS:          brew install redis
-or point BDIA_REDIS_URL at a running Redis (e.g. BDIA_REDIS_URL=redis://127.0.0.1:6379/0)."""
-
-
-class RedisMissing(RuntimeError):
-    """Neither ``BDIA_REDIS_URL`` nor a ``redis-server`` to start."""
-
-
-@dataclass
-class LocalService:
-    """A running local deployment: its API's URL, its Redis and its processes."""
-
-    url: str
-    redis_url: str
-    prefix: str
-    private_redis: bool
-    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
-
-
-@contextmanager
-def local_service(model: str, logs: Path, *, settings: dict[str, str] | None = None) -> Iterator[LocalService]:
-    """Start Redis (unless ``BDIA_REDIS_URL`` is set), one worker and the API; stop them all on exit.
-
-    Raises ``RedisMissing`` when there is no Redis to use. Each process logs to ``logs/<name>.log``.
-    """
-    with ExitStack() as stack:
-        redis_url, private = _redis(stack, logs)
-        prefix = os.environ.get("BDIA_KEY_PREFIX") or f"bdia-demo-{uuid.uuid4().hex[:8]}"
-        if not private and "BDIA_KEY_PREFIX" not in os.environ:
-            stack.callback(_delete_keys, redis_url, prefix)
-        env = {**os.environ, "BDIA_REDIS_URL": redis_url, "BDIA_KEY_PREFIX": prefix, "BDIA_MODEL": model,
-               "BDIA_MODELS": model, **{f"BDIA_{k.upper()}": v for k, v in (settings or {}).items()}}  # fmt: skip
-        port = free_port()
-        service = LocalService(f"http://127.0.0.1:{port}", redis_url, prefix, private)
-        service.processes["worker"] = stack.enter_context(
-            _process("worker", [sys.executable, "-m", "bdia.workers"], env, logs)
-        )
-        serve = f"from bdia.app.main import serve; serve('127.0.0.1', {port})"
-        service.processes["api"] = stack.enter_context(_process("api", [sys.executable, "-c", serve], env, logs))
-        print(f"Redis {redis_url}{' (private)' if private else ''}; API {service.url}; worker loading {model!r}…")
-        _wait_ready(service, logs)
-        yield service
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,25 +48,46 @@ def main(argv: list[str] | None = None) -> int:
 
     model = args.model or default_model()
     args.out.mkdir(parents=True, exist_ok=True)
+    given_prefix = os.environ.get("BDIA_KEY_PREFIX")
+    stack = LocalStack(
+        args.out / "logs",
+        {"model": model, "models": model},
+        prefix=given_prefix or f"bdia-demo-{uuid.uuid4().hex[:8]}",
+        delete_keys=given_prefix is None,  # a prefix of the user's own is left as it is
+        timeout_s=STARTUP_TIMEOUT_S,
+    )
     try:
-        with local_service(model, args.out / "logs") as service, BdiaClient(service.url, timeout=120) as client:
+        print(f"starting the API and a worker loading {model!r} (logs in {stack.logs}/)…", flush=True)
+        started = time.perf_counter()
+        with stack, BdiaClient(stack.url, timeout=120) as client:
+            where = f"{stack.redis_url}{' (private)' if stack.private_redis else ''}"
+            print(f"Redis {where}; API {stack.url}; ready in {time.perf_counter() - started:.1f} s")
             settings = {"steps": args.steps, "strength": args.strength, "guidance_scale": args.guidance}
             return _drive(client, _sample(args.image), args.prompt, edits[:2], settings, args.edit_gamma, args.out)
-    except RedisMissing:
-        print(NO_REDIS, file=sys.stderr)
+    except (RedisMissing, StackFailed) as exc:
+        print(f"bdia demo: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\ninterrupted: everything was shut down", file=sys.stderr)
         return 130
 
 
-def _drive(client: BdiaClient, image: bytes, prompt: str, edits: list[str], settings: dict[str, float],
-           edit_gamma: float, out: Path) -> int:  # fmt: skip
+def _drive(
+    client: BdiaClient,
+    image: bytes,
+    prompt: str,
+    edits: list[str],
+    settings: dict[str, float],
+    edit_gamma: float,
+    out: Path,
+) -> int:
     """The client's part: edit twice (the second reuses the cache), reconstruct, save, report."""
     model = client.models().models[0]
-    print(f"model {model.name}: {model.width}×{model.height}; {settings['steps']} steps, strength "
-          f"{settings['strength']:g}, guidance {settings['guidance_scale']:g}, edit γ {edit_gamma:g}; "
-          f"source prompt {prompt!r}")  # fmt: skip
+    print(
+        f"model {model.name}: {model.width}×{model.height}; {settings['steps']} steps, strength "
+        f"{settings['strength']:g}, guidance {settings['guidance_scale']:g}, edit γ {edit_gamma:g}; "
+        f"source prompt {prompt!r}"
+    )
     (out / "source.png").write_bytes(image)
     timings: dict[str, float] = {}
 
@@ -129,12 +95,15 @@ def _drive(client: BdiaClient, image: bytes, prompt: str, edits: list[str], sett
         start = time.perf_counter()
         job = client.wait(submit(), on_progress=(lambda p: _progress(label, p)) if sys.stdout.isatty() else None)
         timings[label] = time.perf_counter() - start
-        print(f"\r{label:<16} {timings[label]:7.2f} s   nfe {job.metrics['nfe']:>4}   "
-              f"inversion cached: {str(job.metrics['inversion_cached']).lower()}")  # fmt: skip
+        print(
+            f"\r{label:<16} {timings[label]:7.2f} s   nfe {job.metrics['nfe']:>4}   "
+            f"inversion cached: {str(job.metrics['inversion_cached']).lower()}"
+        )
         return job
 
-    first = run("edit 1 (uploads)", lambda: client.edit_image(image, prompt, edits[0], edit_gamma=edit_gamma,
-                                                               **settings))  # fmt: skip
+    first = run(
+        "edit 1 (uploads)", lambda: client.edit_image(image, prompt, edits[0], edit_gamma=edit_gamma, **settings)
+    )
     inversion_id = first.inversion_id
     second = run("edit 2 (cached)", lambda: client.edit(inversion_id, edits[1], edit_gamma=edit_gamma))
     start = time.perf_counter()
@@ -152,9 +121,11 @@ def _drive(client: BdiaClient, image: bytes, prompt: str, edits: list[str], sett
     print(f"inversion {inversion_id}: latent std {inversion.latent_std:.3f}, fingerprint {inversion.fingerprint_id}")
     psnr = result.get("psnr")  # null when the pixels are identical (JSON has no infinity)
     pixels = "pixels identical to the upload" if psnr is None else f"pixel PSNR vs the upload {psnr:.2f} dB"
-    print(f"round trip: latent max abs error {result['latent_max_abs_error']:g} "
-          f"({'bit-exact' if result['exact'] else 'not exact'}; fingerprint match: {result['fingerprint_match']}), "
-          f"{pixels}")  # fmt: skip
+    print(
+        f"round trip: latent max abs error {result['latent_max_abs_error']:g} "
+        f"({'bit-exact' if result['exact'] else 'not exact'}; fingerprint match: {result['fingerprint_match']}), "
+        f"{pixels}"
+    )
     print(f"saved {', '.join(sorted(p.name for p in out.glob('*.*')))} in {out}/")
     return 0 if result["latent_max_abs_error"] == 0 or not result["fingerprint_match"] else 1
 
@@ -178,72 +149,6 @@ def _sample(path: Path | None) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
     return buffer.getvalue()
-
-
-def _redis(stack: ExitStack, logs: Path) -> tuple[str, bool]:
-    """(URL, private): ``BDIA_REDIS_URL``, else a private redis-server started here."""
-    if os.environ.get("BDIA_REDIS_URL"):
-        return os.environ["BDIA_REDIS_URL"], False
-    server = shutil.which("redis-server")
-    if server is None:
-        raise RedisMissing("no redis-server on PATH")
-    port = free_port()
-    command = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    process = stack.enter_context(_process("redis", command, dict(os.environ), logs))
-    url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            redis.Redis.from_url(url).ping()
-            return url, True
-        except redis.ConnectionError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not start; see {logs / 'redis.log'}") from None
-            time.sleep(0.05)
-
-
-@contextmanager
-def _process(name: str, command: list[str], env: dict[str, str], logs: Path) -> Iterator[subprocess.Popen]:
-    """A child process in its own session (Ctrl-C reaches only the demo), stopped on exit."""
-    logs.mkdir(parents=True, exist_ok=True)
-    with open(logs / f"{name}.log", "wb") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            yield process
-        finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
-
-
-def _wait_ready(service: LocalService, logs: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    with BdiaClient(service.url) as client:
-        while not client.ready():
-            for name, process in service.processes.items():
-                if process.poll() is not None:
-                    raise SystemExit(f"bdia demo: the {name} exited; see {logs / (name + '.log')}")
-            if time.monotonic() > deadline:
-                raise SystemExit(f"bdia demo: not ready after {STARTUP_TIMEOUT_S}s; see {logs}")
-            time.sleep(0.2)
-
-
-def _delete_keys(url: str, prefix: str) -> None:
-    client = redis.Redis.from_url(url)
-    keys = list(client.scan_iter(match=Keys(prefix).pattern, count=1000))
-    if keys:
-        client.delete(*keys)
-
-
-def free_port() -> int:
-    """A TCP port free on the loopback interface now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BdiaError
-from .params import default_model
+from pydantic import ValidationError
+
+from .params import default_model, one_line
 
 COMMANDS_GROUP = "bdia.commands"
 """The entry-point group of the service's subcommands: ``name = "module:main"``, ``main(argv) -> int``."""
@@ -258,6 +260,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "passthrough", False):
             return run_service_command(args.handler, rest)
         return args.handler(args)
+    except ValidationError as exc:
+        print(f"bdia: error: {one_line(exc)}", file=sys.stderr)
+        return 2
     except (BdiaError, OSError, ValueError) as exc:
         print(f"bdia: error: {exc}", file=sys.stderr)
         return 2

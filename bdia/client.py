@@ -24,8 +24,8 @@ from typing import Any, BinaryIO
 
 import httpx
 
-from bdia.jobqueue.jobs import TERMINAL, Event
-from bdia.app.schemas import InversionOut, JobOut, ModelsOut, ProgressOut
+from .jobqueue.states import TERMINAL
+from .wire import Event, InversionOut, JobOut, ModelsOut, ProgressOut
 
 ImageInput = bytes | str | os.PathLike[str] | BinaryIO
 

@@ -1,4 +1,4 @@
-"""The level grid (SPEC §1): the noise levels a sampler walks, taken from a diffusers scheduler.
+"""The level grid (docs/numerics.md#level-grid): the noise levels a sampler walks, taken from a diffusers scheduler.
 
 Level 0 is the clean end; levels 1…N are the scheduler's timesteps sorted ascending.
 All coefficients are kept in float64.
@@ -43,7 +43,7 @@ class LevelGrid:
         return math.sqrt(1.0 - self.alphas_cumprod[i])
 
     def ddim_coefficients(self, i: int, j: int) -> tuple[float, float]:
-        """(a, b) with D(z_i, ε; i→j) = a·z_i + b·ε, in float64 (SPEC §2)."""
+        """(a, b) with D(z_i, ε; i→j) = a·z_i + b·ε, in float64 (docs/numerics.md#ddim-map)."""
         a = self.alpha(j) / self.alpha(i)
         return a, self.sigma(j) - a * self.sigma(i)
 

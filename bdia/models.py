@@ -29,7 +29,7 @@ TINY_RANDOM = "tiny-random"
 SHAPES = "shapes"
 SHAPES_DIR = Path(__file__).parent / "assets" / "shapes"
 
-# SD 1.5's noise schedule, as a DDIM config (SPEC §1 reads the grid from it).
+# SD 1.5's noise schedule, as a DDIM config (docs/numerics.md#level-grid reads the grid from it).
 SD15_SCHEDULER: dict[str, Any] = {
     "num_train_timesteps": 1000,
     "beta_start": 0.00085,
@@ -115,7 +115,7 @@ class DiffusionModel:
 
     @property
     def compiled(self) -> bool:
-        """True when the UNet is wrapped by ``torch.compile`` (it changes the bits: SPEC §5)."""
+        """True when the UNet is wrapped by ``torch.compile`` (it changes the bits: docs/numerics.md#numerics-fingerprint)."""
         return hasattr(self.unet, "_orig_mod")
 
     @property

@@ -1,4 +1,4 @@
-"""Deterministic numerics and the numerics fingerprint (SPEC §5).
+"""Deterministic numerics and the numerics fingerprint (docs/numerics.md#determinism).
 
 A fixed-point round trip is bit-exact only when ε̂ is computed bit-identically in both
 directions. ``configure_determinism`` switches off what varies between runs;

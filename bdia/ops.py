@@ -93,7 +93,7 @@ def invert(
     cancel: Cancel = None,
 ) -> Inversion:
     """Invert an image (fit to the model's size) into its latent pair at level round(steps·strength)."""
-    params = InversionParams(
+    params = InversionParams.create(
         model=model.name, prompt=prompt, negative_prompt=negative_prompt, steps=steps, strength=strength,
         guidance_scale=guidance_scale, gamma=gamma, exact=exact, method=method, state_dtype=state_dtype,
     ).check(gamma_bound)
@@ -387,7 +387,7 @@ def roundtrip(
     on the kind of latent the model produces. Its own sampling cost is not counted.
     """
     z0 = sample(model, prompt, seed=seed, steps=steps, gamma=0.0, guidance_scale=guidance_scale).z0
-    params = InversionParams(model=model.name, prompt=prompt, steps=steps, guidance_scale=guidance_scale,
+    params = InversionParams.create(model=model.name, prompt=prompt, steps=steps, guidance_scale=guidance_scale,
                              gamma=gamma, exact=exact, method=method, state_dtype=state_dtype).check()
     started = time.perf_counter()
     inversion = invert_latent(model, z0, params, keep_trajectory=False, callback=callback)

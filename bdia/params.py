@@ -4,9 +4,9 @@ The engine, the CLI, the API's request schemas, ``GET /v1/models``'s defaults, t
 worker all use these models, so a request means the same thing wherever it is checked. Torch-free:
 importing this module loads pydantic only.
 
-Constructing a model with keyword arguments (the engine's and the CLI's way) raises
-``InvalidParameter`` with one line naming each bad field; ``model_validate`` (the API's way) raises
-pydantic's ``ValidationError``, which the API turns into a 422 listing every field.
+``Model.create(**fields)`` (the engine's and the CLI's way) raises ``InvalidParameter`` with one line
+naming each bad field; plain construction and ``model_validate`` (the API's way) raise pydantic's
+``ValidationError``, which the API turns into a 422 listing every field.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
+
+from typing_extensions import Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -76,13 +78,15 @@ def one_line(exc: ValidationError) -> str:
 
 
 class Params(BaseModel):
-    """Base of the parameter models: frozen, unknown fields refused, keyword construction raises ``InvalidParameter``."""
+    """Base of the parameter models: frozen, unknown fields refused."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    def __init__(self, **data: Any) -> None:
+    @classmethod
+    def create(cls, **fields: Any) -> Self:
+        """Validate ``fields``; ``InvalidParameter`` (one line naming each bad field) if they do not fit."""
         try:
-            super().__init__(**data)
+            return cls(**fields)
         except ValidationError as exc:
             raise InvalidParameter(one_line(exc)) from None
 

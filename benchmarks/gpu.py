@@ -1,4 +1,4 @@
-"""GPU benchmark of the engine with an SD-1.5-sized model (issue 5 §4). A script, for a CUDA machine:
+"""GPU benchmark of the engine with an SD-1.5-sized model (docs/benchmarks.md). A script, for a CUDA machine:
 
     python benchmarks/gpu.py [--model PATH] [--steps 50] [--out gpu.json]
     python benchmarks/gpu.py --tiny            # the tiny random model, a few steps: runs anywhere
@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before the first CUDA matmul (SPEC §5)
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before the first CUDA matmul (docs/numerics.md#determinism)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch

@@ -5,7 +5,7 @@
 Times are the best of interleaved repeats (the least disturbed by other load) of one inversion
 of the bundled sample image; the round-trip error is that of the recovered source latent after
 inverting and regenerating.
-Targets (issue 2): BDIA ≤ 1.03× DDIM, exact ≤ 1.05× BDIA float, EDICT ≈ 2× DDIM.
+Targets (docs/benchmarks.md): BDIA ≤ 1.03× DDIM, exact ≤ 1.05× BDIA float, EDICT ≈ 2× DDIM.
 """
 
 from __future__ import annotations

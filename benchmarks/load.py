@@ -1,12 +1,13 @@
-"""Load benchmark (issue 6 §6). A script, not a test:
+"""Load benchmark. A script, not a test:
 
     .venv/bin/python benchmarks/load.py [--clients 16] [--duration 20] [--max-requests 20000] [--steps 4]
 
-Starts the real stack on loopback (a private redis-server unless BDIA_REDIS_URL is set, the API and
-one ``tiny-random`` worker) with API keys on, then runs N concurrent clients for a fixed time: each
-submits an inversion of an image of its own and polls ``GET /v1/jobs/{id}`` every 50 ms until the job
-has finished, then submits the next. Stops by itself after ``--duration`` seconds or ``--max-requests``
-requests. Reports requests/s, p50/p99 latency per request kind and errors (target: 0).
+Starts the real stack on loopback (``bdia.jobqueue.stack``: a private redis-server unless
+BDIA_REDIS_URL is set, the API and one ``tiny-random`` worker) with API keys on, then runs N
+concurrent clients for a fixed time: each submits an inversion of an image of its own and polls
+``GET /v1/jobs/{id}`` every 50 ms until the job has finished, then submits the next. Stops by
+itself after ``--duration`` seconds or ``--max-requests`` requests. Reports requests/s, p50/p99
+latency per request kind and errors (target: 0).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bdia.app.demo import local_service
+from bdia.jobqueue.stack import LocalStack
 
 KEY = "load-test-key-0123456789abcdef"
 
@@ -49,8 +50,9 @@ async def client_loop(n: int, url: str, steps: int, stop_at: float, budget: list
             budget[0] -= 1
             started = time.perf_counter()
             try:
-                response = await http.post("/v1/inversions", files={"image": ("a.png", image(seed), "image/png")},
-                                           data={"steps": str(steps)})  # fmt: skip
+                response = await http.post(
+                    "/v1/inversions", files={"image": ("a.png", image(seed), "image/png")}, data={"steps": str(steps)}
+                )
             except httpx.HTTPError as exc:
                 stats["errors"].append(f"submit: {exc!r}")
                 continue
@@ -102,22 +104,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-requests", type=int, default=20_000)
     parser.add_argument("--steps", type=int, default=4, help="inversion steps per job (tiny-random)")
     args = parser.parse_args(argv)
-    with (
-        tempfile.TemporaryDirectory() as logs,
-        local_service(
-            "tiny-random", Path(logs), settings={"api_keys": f"load:{KEY}", "max_jobs_per_tenant": "1000"}
-        ) as service,
-    ):
-        stats = asyncio.run(run(service.url, args.clients, args.duration, args.max_requests, args.steps))
+    settings = {"model": "tiny-random", "models": "tiny-random", "api_keys": f"load:{KEY}", "max_jobs_per_tenant": 1000}
+    with tempfile.TemporaryDirectory() as logs, LocalStack(logs, settings) as stack:
+        stats = asyncio.run(run(stack.url, args.clients, args.duration, args.max_requests, args.steps))
     elapsed = stats["elapsed"][0]
     requests = len(stats["submit"]) + len(stats["poll"])
-    print(f"{args.clients} clients, {elapsed:.1f} s, {requests} requests, {requests / elapsed:.0f} requests/s, "
-          f"{len(stats['jobs'])} jobs finished ({len(stats['jobs']) / elapsed:.1f} jobs/s)")  # fmt: skip
+    print(
+        f"{args.clients} clients, {elapsed:.1f} s, {requests} requests, {requests / elapsed:.0f} requests/s, "
+        f"{len(stats['jobs'])} jobs finished ({len(stats['jobs']) / elapsed:.1f} jobs/s)"
+    )
     for kind in ("submit", "poll"):
         values = stats[kind]
         if values:
-            print(f"  {kind:6s} n={len(values):6d}  p50 {percentile(values, 50) * 1000:7.1f} ms  "
-                  f"p99 {percentile(values, 99) * 1000:7.1f} ms")  # fmt: skip
+            print(
+                f"  {kind:6s} n={len(values):6d}  p50 {percentile(values, 50) * 1000:7.1f} ms  "
+                f"p99 {percentile(values, 99) * 1000:7.1f} ms"
+            )
     print(f"  errors: {len(stats['errors'])}")
     for error in stats["errors"][:10]:
         print(f"    {error}")

@@ -1,9 +1,9 @@
-"""Service benchmarks (issue 3 §7). A script, not a test:
+"""Service benchmarks. A script, not a test:
 
     .venv/bin/python benchmarks/service.py [--model tiny-random] [--duration 5] [--pickups 200] [--repeats 5]
 
-Starts a local deployment (a private redis-server unless BDIA_REDIS_URL is set, the API and one
-worker) and measures, in one run:
+Starts a local stack (``bdia.jobqueue.stack``: a private redis-server unless BDIA_REDIS_URL is set,
+the API and one worker) and measures, in one run:
 
 1. status polling: GET /v1/jobs/{id} of a finished job, against a bare FastAPI endpoint that reads
    the same Redis hash, both one uvicorn process with the same settings (target: ≥ 60 % of bare);
@@ -35,9 +35,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bdia.jobqueue.stack import LocalStack, free_port
+
 from bdia.client import BdiaClient
-from bdia.app.demo import local_service
-from bdia.jobqueue.keys import Keys
 
 
 def image(seed: int, size: int = 64) -> bytes:
@@ -98,11 +98,13 @@ async def _load_httpx(url: str, seconds: float, connections: int) -> float:
         return done / (time.perf_counter() - start)
 
 
-def polling(service, client: BdiaClient, seconds: float, connections: int, port: int, rounds: int) -> dict:
+def polling(stack: LocalStack, client: BdiaClient, seconds: float, connections: int, port: int, rounds: int) -> dict:
     job = client.wait(client.invert(image(0), "", steps=2).job)
-    key = Keys(service.prefix).job(job.id)
-    code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import service; " \
-           f"service.serve_bare({port}, {service.redis_url!r}, {key!r})"  # fmt: skip
+    key = stack.keys.job(job.id)
+    code = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import service; "
+        f"service.serve_bare({port}, {stack.redis_url!r}, {key!r})"
+    )
     bare = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         bare_url = f"http://127.0.0.1:{port}/bare"
@@ -112,7 +114,7 @@ def polling(service, client: BdiaClient, seconds: float, connections: int, port:
                     break
             except httpx.TransportError:
                 time.sleep(0.05)
-        api_url = f"{service.url}/v1/jobs/{job.id}"
+        api_url = f"{stack.url}/v1/jobs/{job.id}"
         load(api_url, 1, connections), load(bare_url, 1, connections)  # warm up
         api, base = [], []
         for _ in range(rounds):  # interleaved, so that both see the same (shared, noisy) machine
@@ -122,8 +124,12 @@ def polling(service, client: BdiaClient, seconds: float, connections: int, port:
         bare.terminate()
         bare.wait()
     ratios = [a / b for a, b in zip(api, base, strict=True)]
-    return {"api": statistics.median(api), "bare": statistics.median(base), "ratio": statistics.median(ratios),
-            "ratios": ratios}  # fmt: skip
+    return {
+        "api": statistics.median(api),
+        "bare": statistics.median(base),
+        "ratio": statistics.median(ratios),
+        "ratios": ratios,
+    }
 
 
 # --- 2. enqueue-to-pickup ---------------------------------------------------------------------
@@ -174,13 +180,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("out/benchmark"))
     args = parser.parse_args(argv)
 
-    from bdia.app.demo import free_port
-
-    with local_service(args.model, args.out / "logs") as service, BdiaClient(service.url) as client:
+    settings = {"model": args.model, "models": args.model}
+    with LocalStack(args.out / "logs", settings) as stack, BdiaClient(stack.url) as client:
         generator = "wrk -t1" if shutil.which("wrk") else "httpx (asyncio)"
-        print(f"load generator: {generator}, {args.connections} connections; {os.cpu_count()} CPUs; "
-              f"load average before: {os.getloadavg()[0]:.1f}")  # fmt: skip
-        rates = polling(service, client, args.duration, args.connections, free_port(), args.rounds)
+        print(
+            f"load generator: {generator}, {args.connections} connections; {os.cpu_count()} CPUs; "
+            f"load average before: {os.getloadavg()[0]:.1f}"
+        )
+        rates = polling(stack, client, args.duration, args.connections, free_port(), args.rounds)
         latencies = pickups(client, args.pickups)
         uncached, cached, metrics = edits(client, args.repeats, args.steps)
 
@@ -205,8 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         print("| " + " | ".join(row) + " |")
     print(f"\nper-round polling ratios: {', '.join(f'{r:.0%}' for r in rates['ratios'])}")
-    print(f"NFE: uncached {metrics['uncached']['nfe']}, cached {metrics['cached']['nfe']}; "
-          f"load average after: {os.getloadavg()[0]:.1f}")  # fmt: skip
+    print(
+        f"NFE: uncached {metrics['uncached']['nfe']}, cached {metrics['cached']['nfe']}; "
+        f"load average after: {os.getloadavg()[0]:.1f}"
+    )
     met = ratio >= 0.6 and p50 <= 5 and edit_ratio <= 0.55
     print("all targets met" if met else "some targets missed")
     return 0

@@ -1,4 +1,4 @@
-"""Throughput of the worker with continuous batching against one job at a time (issue 5 §3). A script:
+"""Throughput of the worker with continuous batching against one job at a time. A script:
 
     .venv/bin/python benchmarks/throughput.py [--model shapes] [--jobs 8] [--batch-size 4] [--steps 20] [--json]
 
@@ -7,7 +7,8 @@ through the real API, Redis queue and one worker twice: with ``--batch-size B`` 
 Reports jobs per second (K over first submission → last finish) and p50/p95 latency
 (submission → finish, per job) for both, and their ratios. Each deployment edits one image first
 to warm up. With ``--json`` the last line is one JSON object (``batched_jobs_per_s``,
-``sequential_jobs_per_s``, …). Uses a private redis-server unless ``BDIA_REDIS_URL`` is set.
+``sequential_jobs_per_s``, …). Each deployment is a local stack (``bdia.jobqueue.stack``): a private
+redis-server unless ``BDIA_REDIS_URL`` is set.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bdia.app.demo import EDITS, SOURCE_PROMPT
+from bdia.jobqueue.stack import LocalStack
+
 from bdia.client import BdiaClient
-from bdia.app.demo import EDITS, SOURCE_PROMPT, local_service
 from bdia.params import default_model
 
 
@@ -35,9 +38,12 @@ def image(seed: int, size: int = 64) -> bytes:
     """A distinct PNG per seed (so no edit finds another's inversion cached)."""
     picture = Image.new("RGB", (size, size))
     picture.putdata(
-        [((x * 3 + seed * 41) % 256, (y * 5 + seed * 13) % 256, (x * y + seed * 7) % 256)
-         for y in range(size) for x in range(size)]
-    )  # fmt: skip
+        [
+            ((x * 3 + seed * 41) % 256, (y * 5 + seed * 13) % 256, (x * y + seed * 7) % 256)
+            for y in range(size)
+            for x in range(size)
+        ]
+    )
     buffer = io.BytesIO()
     picture.save(buffer, "PNG")
     return buffer.getvalue()
@@ -58,9 +64,8 @@ def percentile(values: list[float], q: float) -> float:
 
 def measure(model: str, batch_size: int, jobs: int, params: dict[str, Any], logs: Path) -> dict[str, Any]:
     """Start a deployment with one worker of ``batch_size``; time ``jobs`` concurrent edits through it."""
-    settings = {"batch_size": str(batch_size), "worker_threads": "1", "worker_block_s": "0.05"}
-    with local_service(model, logs / f"b{batch_size}", settings=settings) as service, \
-            BdiaClient(service.url, timeout=600) as client:  # fmt: skip
+    settings = {"model": model, "models": model, "batch_size": batch_size, "worker_threads": 1, "worker_block_s": 0.05}
+    with LocalStack(logs / f"b{batch_size}", settings) as stack, BdiaClient(stack.url, timeout=600) as client:
         client.wait(client.edit_image(image(10_000 + batch_size), SOURCE_PROMPT, EDITS[0], **params).id, timeout=600)
         submitted = [client.edit_image(image(n), SOURCE_PROMPT, EDITS[n % len(EDITS)], **params) for n in range(jobs)]
         done = [client.wait(job.id, timeout=1800) for job in submitted]
@@ -115,14 +120,18 @@ def main(argv: list[str] | None = None) -> int:
         "nfe_per_job": batched["nfe_per_job"],
         "seconds": time.perf_counter() - started,
     }
-    print(f"\n{args.jobs} concurrent edits, model {model}, {args.steps} steps, strength {args.strength}, "
-          f"NFE per job {report['nfe_per_job']}, one worker, 1 torch thread\n")  # fmt: skip
+    print(
+        f"\n{args.jobs} concurrent edits, model {model}, {args.steps} steps, strength {args.strength}, "
+        f"NFE per job {report['nfe_per_job']}, one worker, 1 torch thread\n"
+    )
     print("| worker | jobs/s | p50 latency (s) | p95 latency (s) | wall (s) |")
     print("|---|---|---|---|---|")
     for name, row in ((f"batched, B = {args.batch_size}", batched), ("one at a time, B = 1", sequential)):
         print(f"| {name} | {row['jobs_per_s']:.3f} | {row['p50_s']:.2f} | {row['p95_s']:.2f} | {row['wall_s']:.1f} |")
-    print(f"\nbatched / sequential: throughput {report['throughput_ratio']:.2f}×, "
-          f"p50 latency {report['p50_ratio']:.2f}×, p95 latency {report['p95_ratio']:.2f}×")  # fmt: skip
+    print(
+        f"\nbatched / sequential: throughput {report['throughput_ratio']:.2f}×, "
+        f"p50 latency {report['p50_ratio']:.2f}×, p95 latency {report['p95_ratio']:.2f}×"
+    )
     if args.json:
         print(json.dumps(report))
     return 0

@@ -249,8 +249,8 @@ class JobQueue:
         args: list[Any] = [job.id, self.settings.job_ttl_s, json.dumps({"kind": job.kind}), cap, job.created_at]
         for name, value in fields.items():
             args += [name, value]
-        keys = [self.keys.job(job.id), self.keys.events(job.id), self.keys.queue(job.model),
-                self.keys.tenant_jobs(job.tenant)]  # fmt: skip
+        k = self.keys
+        keys = [k.job(job.id), k.events(job.id), k.queue(job.model), k.tenant_jobs(job.tenant)]
         mid = await self._enqueue(keys=keys, args=args)
         if mid is None:
             raise TooManyJobs(f"tenant {job.tenant!r} already has {cap} unfinished jobs")
@@ -291,8 +291,8 @@ class JobQueue:
         if model is None:
             return None
         tenant_jobs = self.keys.tenant_jobs(json.loads(tenant) if tenant else PUBLIC_TENANT)
-        keys = [job_key, self.keys.events(job_id), self.keys.result(job_id), tenant_jobs, self.keys.webhooks,
-                self.keys.queue(json.loads(model))]  # fmt: skip
+        k = self.keys
+        keys = [job_key, k.events(job_id), k.result(job_id), tenant_jobs, k.webhooks, k.queue(json.loads(model))]
         status = await self._cancel(keys=keys, args=[job_id, self.settings.job_ttl_s, json.dumps(time.time())])
         if status == b"canceled":
             await self.redis.hincrby(self.keys.stats, 'jobs_finished_total{status="canceled"}', 1)
@@ -432,6 +432,6 @@ class JobQueue:
         args: list[Any] = [job.id, target, json.dumps(data), ttl]
         for name, value in fields.items():
             args += [name, json.dumps(value)]
-        keys = [self.keys.job(job.id), self.keys.events(job.id), self.keys.result(job.id),
-                self.keys.tenant_jobs(job.tenant), self.keys.webhooks]  # fmt: skip
+        k = self.keys
+        keys = [k.job(job.id), k.events(job.id), k.result(job.id), k.tenant_jobs(job.tenant), k.webhooks]
         return await self._transition(keys=keys, args=args) == 1

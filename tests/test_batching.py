@@ -1,4 +1,4 @@
-"""Continuous batching keeps exactness (SPEC §5, issue 5): the batched evaluator, jobs side by side,
+"""Continuous batching keeps exactness (docs/numerics.md#batch-layouts): the batched evaluator, jobs side by side,
 and a real batched worker process with a real Redis."""
 
 from __future__ import annotations

@@ -8,8 +8,16 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+import bdia
+from bdia import imaging
+from bdia.batching import Layout
+from bdia.ops import invert_latent, regenerate
+from shapes import edit_benchmark
 
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "edit_quality.py"
+MODEL = "tiny-random-pixel"
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +32,8 @@ def bench():
 
 @pytest.fixture(scope="module")
 def report(bench):
-    argv = ["--model", "tiny-random-pixel", "--n", "2", "--steps", "3", "--strength", "1", "--guidance", "2",
-            "--samples", "2", "--validate", "3", "--batch", "2"]
+    argv = ["--model", MODEL, "--n", "2", "--steps", "3", "--strength", "1", "--guidance", "2",
+            "--samples", "2", "--validate", "3", "--batch", "2"]  # fmt: skip
     return bench.main(argv, echo=lambda _: None)
 
 
@@ -33,7 +41,7 @@ def test_table_has_every_method(bench, report):
     assert list(report["methods"]) == list(bench.METHODS)
     for name in bench.METHODS:
         assert f"| {name} |" in report["markdown"]
-    assert "edit_quality.py --model tiny-random-pixel --n 2" in report["markdown"]
+    assert f"edit_quality.py --model {MODEL} --n 2" in report["markdown"]
     assert report["classifier"]["object_accuracy"] == 1.0
     assert 0 <= report["samples"]["prompt_accuracy"] <= 1
 
@@ -50,3 +58,28 @@ def test_masked_edit_keeps_the_outside(report):
     assert masked["outside_mask_identical"] is True
     assert masked["background_psnr"] == math.inf
     assert masked["nfe"] == report["methods"]["BDIA exact"]["nfe"]
+
+
+def test_a_chunk_shares_each_network_call_and_matches_the_engine_alone(bench, monkeypatch):
+    """The benchmark's scenes are the engine's jobs: side by side in ``Layout(B, b)`` they take one network
+    call per step, and each gives the bits ``invert_latent``/``regenerate`` give for it alone in that layout."""
+    model = bdia.load_model(MODEL)
+    bdia.configure_determinism(model)
+    engine = bench.Engine(model, steps=3, guidance=2.0)
+    edits = edit_benchmark(2, seed=0)
+    z0 = [imaging.to_tensor(bench._pil(e.source.render(model.height))).double() for e in edits]
+    params = [engine.params(e.source_prompt, 1.0, {"method": "bdia", "exact": True}) for e in edits]
+
+    calls = []
+    predict = model.predict
+    monkeypatch.setattr(model, "predict", lambda *a, **k: calls.append(1) or predict(*a, **k))
+    inverted = engine.invert(z0, params)
+    edited, _ = engine.regenerate(inverted, [e.prompt for e in edits])
+    assert len(calls) == params[0].levels + (params[0].levels - 1)  # BDIA: K to invert, K − 1 to regenerate
+    monkeypatch.undo()
+
+    for b, (inv, edit) in enumerate(zip(inverted.inversions, edited, strict=True)):
+        assert Layout.of(inv.fingerprint) == Layout(2, b)
+        alone = invert_latent(model, z0[b], params[b], layout=Layout(2, b))
+        assert torch.equal(alone.z_hi, inv.z_hi) and torch.equal(alone.z_lo, inv.z_lo)
+        assert torch.equal(regenerate(model, alone, edits[b].prompt).z0, edit.z0)

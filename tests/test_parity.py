@@ -1,4 +1,4 @@
-"""γ = 0 through the real CLI reproduces diffusers' own DDIM pipeline on a saved model folder (issue §4)."""
+"""γ = 0 through the real CLI reproduces diffusers' own DDIM pipeline on a saved model folder (docs/numerics.md#reference-numbers)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The numerics of SPEC §1–§6 on the tiny random model: grids, round trips, exactness, guards."""
+"""The numerics of docs/numerics.md on the tiny random model: grids, round trips, exactness, guards."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def test_grid_refuses_bad_steps():
 
 
 def _spec_bdia_invert(grid_alphas, eps, z0, levels, gamma):
-    """SPEC §3 written out directly, in float64, for comparison."""
+    """docs/numerics.md#bdia written out directly, in float64, for comparison."""
     abar = grid_alphas
 
     def d(z, e, i, j):
@@ -175,4 +175,4 @@ def test_params_refuse_bad_values():
     for kwargs, word in [({"steps": 0}, "steps"), ({"strength": 0.0}, "strength"), ({"strength": 1.5}, "strength"),
                          ({"method": "euler"}, "method"), ({"guidance_scale": -1.0}, "guidance")]:
         with pytest.raises(bdia.InvalidParameter, match=word):
-            InversionParams(model="m", **kwargs).check()
+            InversionParams.create(model="m", **kwargs).check()

@@ -111,7 +111,9 @@ def task_job(model: bdia.DiffusionModel, task: Task, *, gamma_bound: float) -> J
         return outcome
 
     reconstruct = task.kind == "reconstruct"
-    edit = EditParams() if reconstruct else EditParams(**{k: task.params.get(k) for k in EditParams.model_fields})
+    edit = EditParams() if reconstruct else EditParams.create(**{k: task.params.get(k) for k in EditParams.model_fields})
+    if not reconstruct and edit.prompt is None:
+        raise bdia.InvalidParameter("an edit job needs a prompt")
     regeneration = yield from regenerating(
         model,
         inversion,

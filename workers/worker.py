@@ -145,8 +145,15 @@ class Backoff:
 class Worker:
     """Runs the jobs queued for one loaded model, up to ``batch_size`` of them side by side."""
 
-    def __init__(self, settings: Settings, model: bdia.DiffusionModel, *, model_name: str | None = None,
-                 name: str | None = None, batch_size: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        settings: Settings,
+        model: bdia.DiffusionModel,
+        *,
+        model_name: str | None = None,
+        name: str | None = None,
+        batch_size: int | None = None,
+    ) -> None:
         self.settings = settings
         self.model = model
         self.model_name = model_name or model.name
@@ -184,8 +191,13 @@ class Worker:
             except RedisError as exc:
                 await pause.wait(f"Redis unreachable at start ({exc})")
         heartbeat = asyncio.create_task(self._heartbeats())
-        log.info("worker %s serving %s (batch size %d, lease %.1fs)", self.id, self.model_name, self.batch_size,
-                 self.settings.lease_s)  # fmt: skip
+        log.info(
+            "worker %s serving %s (batch size %d, lease %.1fs)",
+            self.id,
+            self.model_name,
+            self.batch_size,
+            self.settings.lease_s,
+        )
         try:
             while not self.stopping.is_set() or self.active:
                 try:
@@ -246,8 +258,14 @@ class Worker:
             return
         lane = Lane(task_job(self.model, task, gamma_bound=self.settings.gamma_bound))
         running = self.active[job.id] = Running(job, delivery, lane, task.layout, canceled=job.cancel_requested)
-        log.info("job %s (%s) started in slot %d/%d, delivery %d", job.id, job.kind, running.layout.slot,
-                 running.layout.batch_size, delivery.deliveries)  # fmt: skip
+        log.info(
+            "job %s (%s) started in slot %d/%d, delivery %d",
+            job.id,
+            job.kind,
+            running.layout.slot,
+            running.layout.batch_size,
+            delivery.deliveries,
+        )
 
     async def _task(self, job: Job) -> Any:
         """Gather the job's inputs from Redis and place it in the batch."""
@@ -290,9 +308,9 @@ class Worker:
         before = {r.job.id: r.lane.evaluations for r in live}
         await asyncio.to_thread(advance, self.model, [r.lane for r in live])
         stepped = [r for r in live if r.lane.evaluations > before[r.job.id]]
-        flags = await asyncio.gather(*(
-            self.queue.progress(r.job.id, p.step, p.total, p.stage) for r in stepped if (p := r.lane.progress)
-        ))  # fmt: skip
+        flags = await asyncio.gather(
+            *(self.queue.progress(r.job.id, p.step, p.total, p.stage) for r in stepped if (p := r.lane.progress))
+        )
         for running, cancel in zip(stepped, flags, strict=True):
             if cancel:
                 running.cancel_requested()
@@ -378,9 +396,15 @@ class Worker:
         """Announce this worker and its model; renew the leases on its running jobs."""
         now = time.time()
         info = self.model.info()
-        presence = {"id": self.id, "model": self.model_name, "host": socket.gethostname(), "pid": os.getpid(),
-                    "jobs_done": self.jobs_done, "batch_size": self.batch_size,
-                    "running": list(self.active)}  # fmt: skip
+        presence = {
+            "id": self.id,
+            "model": self.model_name,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "jobs_done": self.jobs_done,
+            "batch_size": self.batch_size,
+            "running": list(self.active),
+        }
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zadd(self.keys.workers(self.model_name), {self.id: now})
             pipe.zremrangebyscore(self.keys.workers(self.model_name), "-inf", now - 10 * self.settings.lease_s)
@@ -426,8 +450,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", help="worker id (default: host-pid-random)")
     parser.add_argument("--log-level", default=os.environ.get("BDIA_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
-    overrides = {k: v for k, v in {"model": args.model, "redis_url": args.redis_url,
-                                   "worker_threads": args.threads}.items() if v is not None}  # fmt: skip
+    overrides = {
+        k: v
+        for k, v in {"model": args.model, "redis_url": args.redis_url, "worker_threads": args.threads}.items()
+        if v is not None
+    }
     settings = Settings(**overrides, log_level=args.log_level)
     configure_logging(settings)
     import torch

@@ -1,5 +1,5 @@
-"""Fixtures for the production tests: the service tests' real Redis and process deployments, and an
-in-process API (no worker needed to authenticate, limit or refuse a request)."""
+"""Fixtures for the production tests: the service tests' real Redis and process deployments
+(``bdia.jobqueue.stack``), and an in-process API (no worker needed to authenticate, limit or refuse a request)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from service.conftest import (  # noqa: F401
     REDIS_URL,
     Deployment,
     api,
-    delete_prefix,
     prefix,
     redis_client,
     start_deployment,
@@ -40,9 +39,14 @@ def assert_problem(response, status: int, code: str | None = None) -> dict:
 def production(redis_client: redis.Redis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:  # noqa: F811
     """The API and one worker configured as in production: two tenants' keys, webhooks, JSON logs."""
     running = start_deployment(
-        redis_client, tmp_path_factory.mktemp("production"), ["prod0"], api_keys=KEYS, webhook_secret=WEBHOOK_SECRET,
-        webhook_backoff_s="0.2", log_format="json", max_upload_bytes=str(2 * 1024 * 1024),
-    )  # fmt: skip
+        redis_client,
+        tmp_path_factory.mktemp("production"),
+        ["prod0"],
+        api_keys=KEYS,
+        webhook_secret=WEBHOOK_SECRET,
+        webhook_backoff_s="0.2",
+        log_format="json",
+        max_upload_bytes=str(2 * 1024 * 1024),
+    )
     yield running
-    running.stop()
-    delete_prefix(redis_client, running.prefix)
+    running.close()

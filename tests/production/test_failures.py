@@ -165,13 +165,15 @@ def test_a_poisoned_job_is_dead_lettered_and_blocks_nothing_and_a_long_job_times
     try:
         settings = Settings(redis_url=deployment.env["BDIA_REDIS_URL"], key_prefix=deployment.prefix)
 
-        async def poison() -> str:  # an edit without a prompt: every attempt fails in the worker
+        async def poison() -> str:  # a malformed record (params not a mapping): every attempt fails in the worker
             redis_async = Redis.from_url(settings.redis_url)
             cache, queue = InversionCache(redis_async, settings), JobQueue(redis_async, settings)
             digest = await cache.put_blob(make_png(77))
             spec = InversionSpec(model="tiny-random", image_sha256=digest, steps=4)
             await cache.put_spec(spec)
-            job = await queue.submit(Job(kind="edit", model="tiny-random", inversion_id=spec.inversion_id, params={}))
+            malformed = Job.model_construct(kind="edit", model="tiny-random", inversion_id=spec.inversion_id,
+                                            params=["not", "a", "mapping"])  # fmt: skip
+            job = await queue.submit(malformed)
             await redis_async.aclose()
             return job.id
 

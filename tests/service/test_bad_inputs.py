@@ -1,4 +1,4 @@
-"""Every bad input named in API.md gets its problem+json status and stable code, and nothing is queued.
+"""Every bad input named in docs/api.md#errors gets its problem+json status and stable code, and nothing is queued.
 
 These run the API in-process (no worker is needed to refuse a request) over a real Redis.
 """
