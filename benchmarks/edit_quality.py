@@ -209,16 +209,16 @@ def evaluate(
                     raise AssertionError(f"{name}: the reconstruction is not bit-exact (batch layouts differ?)")
                 add(name, "latent_error", [max(float((r.z0 - z).abs().max()) for r, z in zip(recons, z0, strict=True))])
                 add(name, "recon_psnr", [psnr(np.asarray(r.image), s) for r, s in zip(recons, sources, strict=True)])
-            edits_, seconds = engine.regenerate(inv, [e.prompt for e in chunk], masks if masked else None, edit_gamma)
-            results = [np.asarray(r.image) for r in edits_]
+            edited, seconds = engine.regenerate(inv, [e.prompt for e in chunk], masks if masked else None, edit_gamma)
+            results = [np.asarray(r.image) for r in edited]
             if masked:
-                kept = [torch.equal(torch.where(m, z, r.z0), z) for m, z, r in zip(masks, z0, edits_, strict=True)]
+                kept = [torch.equal(torch.where(m, z, r.z0), z) for m, z, r in zip(masks, z0, edited, strict=True)]
                 add(name, "outside_mask_identical", [all(kept) if exact else None])
             add(name, "success", [edit_success(r, e) for r, e in zip(results, chunk, strict=True)])
             add(name, "background_psnr", [psnr(r, s, ~g) for r, s, g in zip(results, sources, regions, strict=True)])
             add(name, "target_psnr", [psnr(r, t) for r, t in zip(results, targets, strict=True)])
             add(name, "kept_iou", [v for r, e in zip(results, chunk, strict=True) for v in kept_iou(r, e, res)])
-            add(name, "nfe", [i.nfe + r.nfe for i, r in zip(inv.inversions, edits_, strict=True)])
+            add(name, "nfe", [i.nfe + r.nfe for i, r in zip(inv.inversions, edited, strict=True)])
             add(name, "seconds", [(inv.seconds + seconds) / len(chunk)] * len(chunk))
             add(name, "kind", [e.kind for e in chunk])
     return {name: summarise(values) for name, values in acc.items()}

@@ -160,20 +160,18 @@ def test_redis_restarted_with_aof_keeps_queued_jobs_and_workers_reconnect(tmp_pa
             server.kill()
 
 
-def test_a_poisoned_job_is_dead_lettered_and_blocks_nothing_and_a_long_job_times_out(redis_client, tmp_path) -> None:
+def test_a_malformed_job_fails_once_and_blocks_nothing_and_a_long_job_times_out(redis_client, tmp_path) -> None:
     deployment = start_deployment(redis_client, tmp_path / "logs", ["p0"], max_deliveries="2", job_timeout_s="2")
     try:
         settings = Settings(redis_url=deployment.env["BDIA_REDIS_URL"], key_prefix=deployment.prefix)
 
-        async def poison() -> str:  # a malformed record (params not a mapping): every attempt fails in the worker
+        async def poison() -> str:  # an edit without a prompt (no API makes one): the worker refuses it
             redis_async = Redis.from_url(settings.redis_url)
             cache, queue = InversionCache(redis_async, settings), JobQueue(redis_async, settings)
             digest = await cache.put_blob(make_png(77))
             spec = InversionSpec(model="tiny-random", image_sha256=digest, steps=4)
             await cache.put_spec(spec)
-            malformed = Job.model_construct(kind="edit", model="tiny-random", inversion_id=spec.inversion_id,
-                                            params=["not", "a", "mapping"])  # fmt: skip
-            job = await queue.submit(malformed)
+            job = await queue.submit(Job(kind="edit", model="tiny-random", inversion_id=spec.inversion_id, params={}))
             await redis_async.aclose()
             return job.id
 
@@ -182,9 +180,9 @@ def test_a_poisoned_job_is_dead_lettered_and_blocks_nothing_and_a_long_job_times
             healthy = [client.invert(make_png(seed), "x", steps=4).job.id for seed in range(3)]
             assert {client.wait(job_id, timeout=120).status for job_id in healthy} == {"succeeded"}
             failed = client.wait(poisoned, timeout=120, raise_on_failure=False)
-        assert failed.status == "failed" and failed.error.code == "max_deliveries_exceeded"
-        dead = [fields for _, fields in redis_client.xrange(deployment.keys.dead_letter)]
-        assert [f[b"job"].decode() for f in dead] == [poisoned] and int(dead[0][b"deliveries"]) == 3
+        # Refused on its first delivery, not retried: dead-lettering is for faults (tests/test_states.py).
+        assert failed.status == "failed" and failed.error.code == "invalid_parameter" and failed.metrics["attempts"] == 1
+        assert redis_client.xlen(deployment.keys.dead_letter) == 0
 
         with BdiaClient(deployment.url, timeout=10) as client:
             endless = client.invert(make_png(5), "x", steps=900).job.id

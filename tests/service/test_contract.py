@@ -47,7 +47,7 @@ def test_invert_then_edit_reuses_the_cache_and_reconstruction_is_exact(
     assert job.kind == "invert" and job.status in ("queued", "running", "succeeded")
     assert job.params == {
         "prompt": "a gradient", "negative_prompt": "", "steps": STEPS, "strength": 1.0,
-        "guidance_scale": 1.0, "gamma": 1.0, "exact": True, "method": "bdia",
+        "guidance_scale": 1.0, "gamma": 1.0, "exact": True, "method": "bdia", "state_dtype": "float64",
     }  # fmt: skip
     job = client.wait(job)
     assert job.metrics["nfe"] == STEPS and job.metrics["inversion_cached"] is False
