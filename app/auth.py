@@ -18,8 +18,9 @@ from pathlib import Path
 from fastapi import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .problems import Problem
 from bdia.jobqueue.settings import PUBLIC_TENANT, Settings
+
+from .problems import Problem
 
 log = logging.getLogger("bdia.auth")
 

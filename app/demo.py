@@ -16,9 +16,8 @@ import time
 import uuid
 from pathlib import Path
 
-from bdia.jobqueue.stack import LocalStack, RedisMissing, StackFailed
-
 from bdia.client import BdiaClient
+from bdia.jobqueue.stack import LocalStack, RedisMissing, StackFailed
 
 SAMPLE = Path(__file__).resolve().parents[1] / "bdia" / "assets" / "sample.png"
 SOURCE_PROMPT = "a red circle and a blue square on a grey background"

@@ -11,10 +11,11 @@ import time
 from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from bdia.jobqueue.settings import PUBLIC_TENANT
+
 from .auth import tenant_of
 from .deps import ServicesDep
 from .problems import Problem
-from bdia.jobqueue.settings import PUBLIC_TENANT
 
 
 def too_large(limit: int) -> Problem:

@@ -13,16 +13,17 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 
+from bdia.jobqueue.logs import configure_logging
+from bdia.jobqueue.settings import Settings, get_settings
+
 from . import __doc__ as DESCRIPTION
 from .auth import ApiKeys, Authenticate
 from .deps import Services
 from .limits import LimitBody
-from bdia.jobqueue.logs import configure_logging
 from .metrics import CountRequests, HttpCounters
 from .parsing import validation_problem
 from .problems import STATUS_CODES, Problem
 from .routes import edits, inversions, jobs, system
-from bdia.jobqueue.settings import Settings, get_settings
 
 log = logging.getLogger("bdia.api")
 

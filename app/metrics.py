@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .deps import Services
 from bdia.jobqueue.stats import labels as _labels
+
+from .deps import Services
 
 
 @dataclass
@@ -59,13 +60,17 @@ async def render(services: Services, counters: HttpCounters) -> str:
         lines.extend(f"bdia_{name}{labels} {value:g}" for labels, value in samples)
 
     metric(
-        "http_requests_total", "counter", "HTTP requests served by this API process.",
+        "http_requests_total",
+        "counter",
+        "HTTP requests served by this API process.",
         [(_labels(method=m, route=r, status=s), n) for (m, r, s), n in sorted(counters.requests.items())],
-    )  # fmt: skip
+    )
     metric(
-        "http_request_seconds_total", "counter", "Seconds spent serving HTTP requests, by route.",
+        "http_request_seconds_total",
+        "counter",
+        "Seconds spent serving HTTP requests, by route.",
         [(_labels(method=m, route=r, status=s), t) for (m, r, s), t in sorted(counters.seconds.items())],
-    )  # fmt: skip
+    )
     settings, keys, redis = services.settings, services.keys, services.redis
     now = time.time()
     depth, workers = [], []
@@ -86,8 +91,12 @@ async def render(services: Services, counters: HttpCounters) -> str:
         metric(base, "counter", f"Service-wide {base.replace('_', ' ')}.", sorted(samples))
     hits = sum(v for _, v in families["cache_hits_total"] + families["inversion_requests_cached_total"])
     looked_up = hits + sum(v for _, v in families["cache_misses_total"])
-    metric("cache_hit_ratio", "gauge", "Inversions needed that the cache already held.",
-           [("", hits / looked_up if looked_up else 0.0)])  # fmt: skip
+    metric(
+        "cache_hit_ratio",
+        "gauge",
+        "Inversions needed that the cache already held.",
+        [("", hits / looked_up if looked_up else 0.0)],
+    )
     histograms: dict[str, list[tuple[str, str, float]]] = defaultdict(list)
     for name, value in (await redis.hgetall(keys.histograms)).items():
         sample, _, labels = name.decode().partition("{")

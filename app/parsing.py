@@ -14,13 +14,13 @@ from fastapi import Request
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
-from bdia.jobqueue.cache import InversionSpec
-from .problems import Problem, invalid
 from bdia.errors import GammaUnstable
+from bdia.jobqueue.cache import InversionSpec
+from bdia.jobqueue.settings import Settings
 from bdia.params import SamplingParams
 
+from .problems import Problem, invalid
 from .schemas import InversionParamsIn
-from bdia.jobqueue.settings import Settings
 from .uploads import ImageUpload, validate_image
 
 Schema = TypeVar("Schema", bound=BaseModel)
@@ -103,9 +103,12 @@ def image_field(body: Body, name: str, settings: Settings, *, required: bool) ->
             raise invalid(name, "field required", code="invalid_parameter")
         return None
     return validate_image(
-        body.files[name], field=name, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels,
+        body.files[name],
+        field=name,
+        max_bytes=settings.max_upload_bytes,
+        max_pixels=settings.max_pixels,
         max_aspect_ratio=settings.max_aspect_ratio,
-    )  # fmt: skip
+    )
 
 
 def check_prompt(settings: Settings, name: str, value: str | None) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from bdia.jobqueue.cache import sha256
+
 from .problems import Problem
 
 FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP"}

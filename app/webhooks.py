@@ -37,9 +37,10 @@ from redis.exceptions import RedisError, ResponseError
 
 from bdia.jobqueue.jobs import Job
 from bdia.jobqueue.keys import WEBHOOK_GROUP, Keys
+from bdia.jobqueue.settings import Settings, get_settings
+
 from .problems import invalid
 from .schemas import JobOut, iso
-from bdia.jobqueue.settings import Settings, get_settings
 
 log = logging.getLogger("bdia.webhooks")
 
@@ -95,8 +96,9 @@ def check_webhook(settings: Settings, tenant: str, url: str | None) -> str | Non
     if len(url) > MAX_URL_CHARS or parts.scheme not in ("http", "https") or not parts.hostname:
         raise invalid("webhook", f"must be an http(s) URL of at most {MAX_URL_CHARS} characters")
     if secret_for(settings, tenant) is None:
-        raise invalid("webhook", "webhooks are not enabled on this deployment (no signing secret)",
-                      code="webhooks_disabled")  # fmt: skip
+        raise invalid(
+            "webhook", "webhooks are not enabled on this deployment (no signing secret)", code="webhooks_disabled"
+        )
     return url
 
 
@@ -148,8 +150,9 @@ class Dispatcher:
         )
         entries += [(mid, fields) for mid, fields in orphans if fields]
         if not entries:
-            reply = await redis.xreadgroup(WEBHOOK_GROUP, self.name, {keys.webhooks: ">"}, count=BATCH,
-                                           block=block_ms or None)  # fmt: skip
+            reply = await redis.xreadgroup(
+                WEBHOOK_GROUP, self.name, {keys.webhooks: ">"}, count=BATCH, block=block_ms or None
+            )
             for _, new in reply or []:
                 entries += new
         await asyncio.gather(*(self.deliver(mid.decode(), fields) for mid, fields in entries))

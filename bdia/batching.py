@@ -75,8 +75,9 @@ class Conditioning:
         return 2 if self.guided else 1
 
 
-def conditioning(model: DiffusionModel, grid: LevelGrid, prompt: str, guidance_scale: float = 1.0,
-                 negative_prompt: str = "") -> Conditioning:  # fmt: skip
+def conditioning(
+    model: DiffusionModel, grid: LevelGrid, prompt: str, guidance_scale: float = 1.0, negative_prompt: str = ""
+) -> Conditioning:
     """Encode a job's prompts once (each separately, like ``Denoiser`` and diffusers)."""
     if grid.prediction_type != model.prediction_type:
         raise InvalidParameter(
@@ -282,5 +283,17 @@ def advance(model: DiffusionModel, lanes: Sequence[Lane]) -> None:
         lane._resume(value)
 
 
-__all__ = ["Conditioning", "Job", "Lane", "Layout", "Request", "advance", "bind", "conditioning", "drive",
-           "evaluate", "guided_eps", "plan"]
+__all__ = [
+    "Conditioning",
+    "Job",
+    "Lane",
+    "Layout",
+    "Request",
+    "advance",
+    "bind",
+    "conditioning",
+    "drive",
+    "evaluate",
+    "guided_eps",
+    "plan",
+]

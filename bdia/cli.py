@@ -17,9 +17,9 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any
 
-from .errors import BdiaError
 from pydantic import ValidationError
 
+from .errors import BdiaError
 from .params import default_model, one_line
 
 COMMANDS_GROUP = "bdia.commands"
@@ -83,15 +83,30 @@ def cmd_sample(args: argparse.Namespace) -> int:
     model = _load(args)
     with progress_bar(args.progress) as callback:
         result = sample(
-            model, args.prompt, seed=args.seed, steps=args.steps, gamma=args.gamma,
-            guidance_scale=args.guidance, negative_prompt=args.negative_prompt, height=args.height,
-            width=args.width, exact=args.exact, state_dtype=args.state_dtype, callback=callback,
+            model,
+            args.prompt,
+            seed=args.seed,
+            steps=args.steps,
+            gamma=args.gamma,
+            guidance_scale=args.guidance,
+            negative_prompt=args.negative_prompt,
+            height=args.height,
+            width=args.width,
+            exact=args.exact,
+            state_dtype=args.state_dtype,
+            callback=callback,
         )
     _save_image(result.image, args.output)
     if args.save_latent:
         z0 = result.z0.to(model.dtype).cpu().contiguous()
-        meta = {"model": model.name, "prompt": args.prompt, "seed": str(args.seed), "steps": str(args.steps),
-                "gamma": str(args.gamma), "guidance_scale": str(args.guidance)}
+        meta = {
+            "model": model.name,
+            "prompt": args.prompt,
+            "seed": str(args.seed),
+            "steps": str(args.steps),
+            "gamma": str(args.gamma),
+            "guidance_scale": str(args.guidance),
+        }
         _atomic_write(args.save_latent, save({"z0": z0}, metadata=meta))
     print(f"wrote {args.output} ({result.nfe} NFE, {result.seconds:.2f} s)")
     return 0
@@ -106,13 +121,23 @@ def cmd_invert(args: argparse.Namespace) -> int:
     model = _load(args)
     with progress_bar(args.progress) as callback:
         inversion = invert(
-            model, source, args.prompt, steps=args.steps, strength=args.strength, guidance_scale=args.guidance,
-            gamma=args.gamma, exact=args.exact, method=args.method, negative_prompt=args.negative_prompt,
+            model,
+            source,
+            args.prompt,
+            steps=args.steps,
+            strength=args.strength,
+            guidance_scale=args.guidance,
+            gamma=args.gamma,
+            exact=args.exact,
+            method=args.method,
+            negative_prompt=args.negative_prompt,
             callback=callback,
         )
     _atomic_write(args.output, inversion.to_bytes())
-    print(f"wrote {args.output} (level {inversion.level}, {inversion.nfe} NFE, {inversion.seconds:.2f} s, "
-          f"latent std {inversion.latent_std:.3f}, fingerprint {inversion.fingerprint_id})")
+    print(
+        f"wrote {args.output} (level {inversion.level}, {inversion.nfe} NFE, {inversion.seconds:.2f} s, "
+        f"latent std {inversion.latent_std:.3f}, fingerprint {inversion.fingerprint_id})"
+    )
     return 0
 
 
@@ -126,13 +151,22 @@ def cmd_edit(args: argparse.Namespace) -> int:
     inversion = Inversion.from_bytes(source.read_bytes())
     model = _load(args, args.model or inversion.params.model)
     with progress_bar(args.progress) as callback:
-        result = regenerate(model, inversion, args.prompt, guidance_scale=args.guidance,
-                            negative_prompt=args.negative_prompt, mask=args.mask, gamma=args.gamma,
-                            callback=callback)
+        result = regenerate(
+            model,
+            inversion,
+            args.prompt,
+            guidance_scale=args.guidance,
+            negative_prompt=args.negative_prompt,
+            mask=args.mask,
+            gamma=args.gamma,
+            callback=callback,
+        )
     _save_image(result.image, args.output)
     exactness = "exact" if result.exact else "near-exact" if not result.fingerprint_match else "float"
-    print(f"wrote {args.output} ({result.nfe} NFE, {result.seconds:.2f} s; "
-          f"latent max |error| vs source {result.latent_max_abs_error:.3g}, {exactness})")
+    print(
+        f"wrote {args.output} ({result.nfe} NFE, {result.seconds:.2f} s; "
+        f"latent max |error| vs source {result.latent_max_abs_error:.3g}, {exactness})"
+    )
     return 0
 
 
@@ -141,9 +175,18 @@ def cmd_roundtrip(args: argparse.Namespace) -> int:
 
     model = _load(args)
     with progress_bar(args.progress) as callback:
-        report = roundtrip(model, method=args.method, steps=args.steps, gamma=args.gamma, exact=args.exact,
-                           state_dtype=args.state_dtype, seed=args.seed, prompt=args.prompt,
-                           guidance_scale=args.guidance, callback=callback)
+        report = roundtrip(
+            model,
+            method=args.method,
+            steps=args.steps,
+            gamma=args.gamma,
+            exact=args.exact,
+            state_dtype=args.state_dtype,
+            seed=args.seed,
+            prompt=args.prompt,
+            guidance_scale=args.guidance,
+            callback=callback,
+        )
     report["model"] = model.name
     if args.json:
         print(json.dumps(report))
@@ -154,17 +197,29 @@ def cmd_roundtrip(args: argparse.Namespace) -> int:
 
 
 def _model_options(p: argparse.ArgumentParser, *, required_default: bool = True) -> None:
-    p.add_argument("--model", default=default_model() if required_default else None,
-                   help="tiny-random, shapes, a local diffusers folder or a hub id")
+    p.add_argument(
+        "--model",
+        default=default_model() if required_default else None,
+        help="tiny-random, shapes, a local diffusers folder or a hub id",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1… (default: cuda when available)")
     p.add_argument("--dtype", default=None, help="network dtype: float32, float16, bfloat16")
-    p.add_argument("--no-progress", dest="progress", action="store_false", default=sys.stderr.isatty(),
-                   help="never draw progress bars")
+    p.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        default=sys.stderr.isatty(),
+        help="never draw progress bars",
+    )
 
 
 def _exact_option(p: argparse.ArgumentParser, default: bool) -> None:
-    p.add_argument("--exact", action=argparse.BooleanOptionalAction, default=default,
-                   help="fixed-point state for γ = 1 (bit-exact round trip); float64 state otherwise")
+    p.add_argument(
+        "--exact",
+        action=argparse.BooleanOptionalAction,
+        default=default,
+        help="fixed-point state for γ = 1 (bit-exact round trip); float64 state otherwise",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,8 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--negative-prompt", default=None)
     p.add_argument("--guidance", type=float, default=None, help="default: the inversion's")
     p.add_argument("--mask", default=None, help="image: white = may change, elsewhere the source is kept")
-    p.add_argument("--gamma", type=float, default=None,
-                   help="the regeneration's γ (default: the inversion's); < 1 damps colour casts in edits")
+    p.add_argument(
+        "--gamma",
+        type=float,
+        default=None,
+        help="the regeneration's γ (default: the inversion's); < 1 damps colour casts in edits",
+    )
     p.add_argument("--output", required=True, help="PNG to write")
     p.set_defaults(handler=cmd_edit)
 
@@ -227,8 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_roundtrip)
 
     for command in service_commands():
-        p = sub.add_parser(command.name, help=f"the service's {command.name} (bdia {command.name} --help)",
-                           add_help=False)  # fmt: skip
+        p = sub.add_parser(
+            command.name, help=f"the service's {command.name} (bdia {command.name} --help)", add_help=False
+        )
         p.set_defaults(handler=command, passthrough=True)
     return parser
 

@@ -106,11 +106,18 @@ class Inversion:
 
     def to(self, device: torch.device | str) -> Inversion:
         """The same inversion with its tensors on ``device``."""
+
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device)
 
         return Inversion(
-            self.params, move(self.z_hi), move(self.z_lo), move(self.z0), self.fingerprint, self.nfe, self.seconds,
+            self.params,
+            move(self.z_hi),
+            move(self.z_lo),
+            move(self.z0),
+            self.fingerprint,
+            self.nfe,
+            self.seconds,
             move(self.trajectory),
         )
 

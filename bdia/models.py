@@ -115,7 +115,7 @@ class DiffusionModel:
 
     @property
     def compiled(self) -> bool:
-        """True when the UNet is wrapped by ``torch.compile`` (it changes the bits: docs/numerics.md#numerics-fingerprint)."""
+        """True when the UNet is wrapped by ``torch.compile`` (it changes the bits; see docs/numerics.md)."""
         return hasattr(self.unet, "_orig_mod")
 
     @property

@@ -94,8 +94,16 @@ def invert(
 ) -> Inversion:
     """Invert an image (fit to the model's size) into its latent pair at level round(steps·strength)."""
     params = InversionParams.create(
-        model=model.name, prompt=prompt, negative_prompt=negative_prompt, steps=steps, strength=strength,
-        guidance_scale=guidance_scale, gamma=gamma, exact=exact, method=method, state_dtype=state_dtype,
+        model=model.name,
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        steps=steps,
+        strength=strength,
+        guidance_scale=guidance_scale,
+        gamma=gamma,
+        exact=exact,
+        method=method,
+        state_dtype=state_dtype,
     ).check(gamma_bound)
     picture = imaging.fit_to_model(imaging.load_image(image), model.height, model.width)
     z0 = imaging.encode(model, picture)
@@ -135,8 +143,13 @@ def inverting(
     total = nfe(params.method, params.levels, "invert")
     pair = yield from bind(walk, cond, layout, total=total, stage="invert")
     return Inversion(
-        params=params, z_hi=pair.hi, z_lo=pair.lo, z0=z0, fingerprint=layout_fingerprint(model, layout),
-        nfe=total, seconds=time.perf_counter() - started,
+        params=params,
+        z_hi=pair.hi,
+        z_lo=pair.lo,
+        z0=z0,
+        fingerprint=layout_fingerprint(model, layout),
+        nfe=total,
+        seconds=time.perf_counter() - started,
         trajectory=None if pair.trajectory is None else pair.trajectory.squeeze(1),
     )
 
@@ -151,8 +164,9 @@ def inversion_walk(
     lattice, levels = lattice_for(params.state), params.levels
     start = lattice.decode(lattice.encode(z0))
     if params.method == "bdia":
-        walk = bdia_invert(grid, start, levels=levels, gamma=params.gamma, lattice=lattice,
-                           keep_trajectory=keep_trajectory)  # fmt: skip
+        walk = bdia_invert(
+            grid, start, levels=levels, gamma=params.gamma, lattice=lattice, keep_trajectory=keep_trajectory
+        )
         return (yield from walk)
     if params.method == "edict":
         return (yield from edict_invert(grid, start, levels=levels))
@@ -193,8 +207,16 @@ def regeneration_walk(
     return _regeneration(grid, hi, lo, params.method, levels, gamma, lattice, guide)
 
 
-def _regeneration(grid: LevelGrid, hi: torch.Tensor, lo: torch.Tensor, method: str, levels: int, gamma: float,
-                  lattice: Lattice, guide: Guide | None) -> Walk[torch.Tensor]:  # fmt: skip
+def _regeneration(
+    grid: LevelGrid,
+    hi: torch.Tensor,
+    lo: torch.Tensor,
+    method: str,
+    levels: int,
+    gamma: float,
+    lattice: Lattice,
+    guide: Guide | None,
+) -> Walk[torch.Tensor]:
     if method == "bdia":
         state = (yield from bdia_sample(grid, hi, lo, start=levels, gamma=gamma, lattice=lattice, guide=guide)).lo
     elif method == "edict":
@@ -254,8 +276,16 @@ def regenerate(
     regenerated with γ < 1 from an exact γ = 1 inversion loses the colour casts γ = 1 lets through;
     it runs on a float64 state and is never exact.
     """
-    job = regenerating(model, inversion, prompt, guidance_scale=guidance_scale, negative_prompt=negative_prompt,
-                       mask=mask, gamma=gamma, layout=layout)  # fmt: skip
+    job = regenerating(
+        model,
+        inversion,
+        prompt,
+        guidance_scale=guidance_scale,
+        negative_prompt=negative_prompt,
+        mask=mask,
+        gamma=gamma,
+        layout=layout,
+    )
     return drive(model, job, callback=callback, cancel=cancel)
 
 
@@ -279,28 +309,36 @@ def regenerating(
     inversion = inversion.to(model.device)
     grid = LevelGrid.from_scheduler(model.scheduler, params.steps)
     cond = conditioning(
-        model, grid,
+        model,
+        grid,
         params.prompt if prompt is None else prompt,
         params.guidance_scale if guidance_scale is None else guidance_scale,
         params.negative_prompt if negative_prompt is None else negative_prompt,
-    )  # fmt: skip
+    )
     mask_tensor = None if mask is None else latent_mask(mask, model)
-    walk = regeneration_walk(grid, inversion.z_hi, inversion.z_lo, params, gamma=gamma,
-                             trajectory=inversion.trajectory, mask=mask_tensor)  # fmt: skip
+    walk = regeneration_walk(
+        grid, inversion.z_hi, inversion.z_lo, params, gamma=gamma, trajectory=inversion.trajectory, mask=mask_tensor
+    )
     total = nfe(params.method, params.levels, "sample")
     z0 = yield from bind(walk, cond, layout, total=total, stage="regenerate")
     fingerprint = layout_fingerprint(model, layout)
     match = numerics.fingerprint_id(fingerprint) == inversion.fingerprint_id
     error = float((z0.double() - inversion.lattice.decode(inversion.z0).double()).abs().max())
     return Regeneration(
-        z0=z0, image=imaging.decode(model, z0), nfe=total, seconds=time.perf_counter() - started,
-        latent_max_abs_error=error, fingerprint=fingerprint, fingerprint_match=match,
+        z0=z0,
+        image=imaging.decode(model, z0),
+        nfe=total,
+        seconds=time.perf_counter() - started,
+        latent_max_abs_error=error,
+        fingerprint=fingerprint,
+        fingerprint_match=match,
         exact=params.fixed_point and match and (gamma is None or gamma == params.gamma),
     )
 
 
-def initial_noise(model: DiffusionModel, seed: int, height: int | None = None, width: int | None = None
-                  ) -> torch.Tensor:
+def initial_noise(
+    model: DiffusionModel, seed: int, height: int | None = None, width: int | None = None
+) -> torch.Tensor:
     """z_N drawn exactly as diffusers' pipelines draw it from a CPU ``torch.Generator``."""
     from diffusers.utils.torch_utils import randn_tensor
 
@@ -331,9 +369,19 @@ def sample(
     cancel: Cancel = None,
 ) -> Sample:
     """Sample from noise with BDIA (γ = 0 is plain DDIM, identical to diffusers' DDIM pipeline)."""
-    job = sampling(model, prompt, seed=seed, steps=steps, gamma=gamma, guidance_scale=guidance_scale,
-                   negative_prompt=negative_prompt, height=height, width=width, exact=exact,
-                   state_dtype=state_dtype)  # fmt: skip
+    job = sampling(
+        model,
+        prompt,
+        seed=seed,
+        steps=steps,
+        gamma=gamma,
+        guidance_scale=guidance_scale,
+        negative_prompt=negative_prompt,
+        height=height,
+        width=width,
+        exact=exact,
+        state_dtype=state_dtype,
+    )
     return drive(model, job, callback=callback, cancel=cancel)
 
 
@@ -361,11 +409,17 @@ def sampling(
     lattice = lattice_for("fixed-point" if exact and gamma == 1.0 else state_dtype)
     cond = conditioning(model, grid, prompt, guidance_scale, negative_prompt)
     z_n = lattice.encode(initial_noise(model, seed, height, width))
-    pair = yield from bind(bdia_sample(grid, z_n, gamma=gamma, lattice=lattice), cond, layout, total=steps,
-                           stage="sample")  # fmt: skip
+    pair = yield from bind(
+        bdia_sample(grid, z_n, gamma=gamma, lattice=lattice), cond, layout, total=steps, stage="sample"
+    )
     z0 = lattice.decode(pair.lo)
-    return Sample(z0=z0, image=imaging.decode(model, z0), pair=(pair.hi, pair.lo), nfe=steps,
-                  seconds=time.perf_counter() - started)  # fmt: skip
+    return Sample(
+        z0=z0,
+        image=imaging.decode(model, z0),
+        pair=(pair.hi, pair.lo),
+        nfe=steps,
+        seconds=time.perf_counter() - started,
+    )
 
 
 def roundtrip(
@@ -387,8 +441,16 @@ def roundtrip(
     on the kind of latent the model produces. Its own sampling cost is not counted.
     """
     z0 = sample(model, prompt, seed=seed, steps=steps, gamma=0.0, guidance_scale=guidance_scale).z0
-    params = InversionParams.create(model=model.name, prompt=prompt, steps=steps, guidance_scale=guidance_scale,
-                             gamma=gamma, exact=exact, method=method, state_dtype=state_dtype).check()
+    params = InversionParams.create(
+        model=model.name,
+        prompt=prompt,
+        steps=steps,
+        guidance_scale=guidance_scale,
+        gamma=gamma,
+        exact=exact,
+        method=method,
+        state_dtype=state_dtype,
+    ).check()
     started = time.perf_counter()
     inversion = invert_latent(model, z0, params, keep_trajectory=False, callback=callback)
     regen = regenerate(model, inversion, callback=callback)

@@ -15,9 +15,8 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from typing_extensions import Self
-
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing_extensions import Self
 
 from .errors import GammaUnstable, InvalidParameter
 

@@ -78,9 +78,7 @@ class FixedPoint:
         scaled = torch.round(z.double() * 2.0**self.bits)
         # Keep |Z| far below 2^62 so that sums of a few states cannot overflow int64.
         if not bool(torch.isfinite(scaled).all()) or float(scaled.abs().max()) >= 2.0**60:
-            raise InvalidParameter(
-                f"a latent value exceeds the fixed-point range ±2^{60 - self.bits}: lower the bits"
-            )
+            raise InvalidParameter(f"a latent value exceeds the fixed-point range ±2^{60 - self.bits}: lower the bits")
         return scaled.to(torch.int64)
 
     def decode(self, state: Tensor) -> Tensor:
@@ -239,9 +237,7 @@ def edict_sample(
     return Pair(x, y)
 
 
-def edict_invert(
-    grid: LevelGrid, z0: Tensor, *, levels: int | None = None, p: float = EDICT_P
-) -> Walk[Pair]:
+def edict_invert(grid: LevelGrid, z0: Tensor, *, levels: int | None = None, p: float = EDICT_P) -> Walk[Pair]:
     """EDICT inversion, the exact algebraic reverse of ``edict_sample``: 2 NFE per level."""
     levels = grid.steps if levels is None else levels
     x = y = z0

@@ -30,7 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before the first CUDA matmul (docs/numerics.md#determinism)
+# Before the first CUDA matmul (docs/numerics.md#determinism).
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
@@ -40,9 +41,9 @@ from bdia import imaging, numerics
 from bdia.batching import Job, Lane, Layout, Request, advance, conditioning, evaluate
 from bdia.grid import LevelGrid
 from bdia.inversion import Inversion
-from bdia.params import InversionParams
 from bdia.models import SD15_SCHEDULER, DiffusionModel, _assemble
 from bdia.ops import inverting, regenerating
+from bdia.params import InversionParams
 from bdia.sampling import Progress
 
 SOURCE = "a red circle and a blue square on a grey background"
@@ -59,22 +60,41 @@ def sd15_random(device: torch.device, dtype: torch.dtype, seed: int = 0) -> Diff
     torch.manual_seed(seed)
     with torch.device(device):
         unet = UNet2DConditionModel(
-            sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+            sample_size=64,
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=2,
             block_out_channels=(320, 640, 1280, 1280),
             down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
             up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-            cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32,
-        )  # fmt: skip
-        text_encoder = CLIPTextModel(CLIPTextConfig(
-            vocab_size=VOCAB_SIZE, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-            num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
-            bos_token_id=0, eos_token_id=1, pad_token_id=1,
-        ))  # fmt: skip
+            cross_attention_dim=768,
+            attention_head_dim=8,
+            norm_num_groups=32,
+        )
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=VOCAB_SIZE,
+                hidden_size=768,
+                intermediate_size=3072,
+                num_hidden_layers=12,
+                num_attention_heads=12,
+                max_position_embeddings=77,
+                hidden_act="quick_gelu",
+                bos_token_id=0,
+                eos_token_id=1,
+                pad_token_id=1,
+            )
+        )
         vae = AutoencoderKL(
-            in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            layers_per_block=2,
+            sample_size=512,
             block_out_channels=(128, 256, 512, 512),
-            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        )  # fmt: skip
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+        )
     for module in (unet, text_encoder, vae):
         torch.nn.Module.to(module, dtype=dtype)
     scheduler = DDIMScheduler(**SD15_SCHEDULER, prediction_type="epsilon")
@@ -108,15 +128,17 @@ def unet_floor(model: DiffusionModel, grid: LevelGrid, guided: bool, calls: int)
     return seconds / calls
 
 
-def edit_job(model: DiffusionModel, z0: torch.Tensor, params: InversionParams, guidance: float,
-             layout: Layout) -> Job[Any]:  # fmt: skip
+def edit_job(
+    model: DiffusionModel, z0: torch.Tensor, params: InversionParams, guidance: float, layout: Layout
+) -> Job[Any]:
     """An uncached edit as one job: invert, then edit under the edit prompt, in ``layout``."""
     inversion = yield from inverting(model, z0, params, layout=layout, keep_trajectory=False)
     return (yield from regenerating(model, inversion, EDIT, guidance_scale=guidance, layout=layout))
 
 
-def throughput(model: DiffusionModel, z0: torch.Tensor, params: InversionParams, guidance: float,
-               batch_size: int, jobs: int) -> float:  # fmt: skip
+def throughput(
+    model: DiffusionModel, z0: torch.Tensor, params: InversionParams, guidance: float, batch_size: int, jobs: int
+) -> float:
     """Jobs per second with continuous batching: up to ``batch_size`` lanes, each freed slot refilled at once."""
     queue, lanes = list(range(jobs)), {}
     sync(model)
@@ -165,13 +187,16 @@ def main(argv: list[str] | None = None) -> int:
     grid = LevelGrid.from_scheduler(model.scheduler, steps)
     picture = imaging.fit_to_model(imaging.sample_image(), model.height, model.width)
     nfe_invert, nfe_edit = steps, steps - 1
-    print(f"model {model.name} on {device} ({dtype}), {model.width}×{model.height} px, built in {build_s:.1f}s",
-          flush=True)  # fmt: skip
+    print(
+        f"model {model.name} on {device} ({dtype}), {model.width}×{model.height} px, built in {build_s:.1f}s",
+        flush=True,
+    )
 
     # Warm up every path once (kernels, allocator, prompt encoder) at a few steps.
     warm = InversionParams(model=model.name, prompt=SOURCE, steps=2)
-    bdia.regenerate(model, bdia.invert_latent(model, imaging.encode(model, picture), warm), EDIT,
-                    guidance_scale=args.guidance_scale)  # fmt: skip
+    bdia.regenerate(
+        model, bdia.invert_latent(model, imaging.encode(model, picture), warm), EDIT, guidance_scale=args.guidance_scale
+    )
 
     calls = max(3, min(20, steps))
     floor_1, floor_2 = unet_floor(model, grid, False, calls), unet_floor(model, grid, True, calls)
@@ -188,8 +213,11 @@ def main(argv: list[str] | None = None) -> int:
         return bdia.regenerate(model, Inversion.from_bytes(data), EDIT, guidance_scale=args.guidance_scale)
 
     cached_s, _ = timed(model, cached, repeats=2)
-    print(f"floor {floor_1 * 1e3:.1f} ms (1 row) / {floor_2 * 1e3:.1f} ms (2 rows); uncached edit {uncached_s:.2f}s, "
-          f"cached {cached_s:.2f}s", flush=True)  # fmt: skip
+    print(
+        f"floor {floor_1 * 1e3:.1f} ms (1 row) / {floor_2 * 1e3:.1f} ms (2 rows); uncached edit {uncached_s:.2f}s, "
+        f"cached {cached_s:.2f}s",
+        flush=True,
+    )
 
     z0 = imaging.encode(model, picture)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
@@ -198,11 +226,13 @@ def main(argv: list[str] | None = None) -> int:
         rates[b] = throughput(model, z0, params, args.guidance_scale, b, args.jobs)
         print(f"B = {b}: {rates[b]:.3f} jobs/s", flush=True)
 
-    modes = [("ddim", {"method": "ddim", "exact": False, "state_dtype": "float64"}),
-             ("edict", {"method": "edict", "exact": False, "state_dtype": "float32"}),
-             ("bdia float32", {"method": "bdia", "exact": False, "state_dtype": "float32"}),
-             ("bdia float64", {"method": "bdia", "exact": False, "state_dtype": "float64"}),
-             ("bdia fixed point", {"method": "bdia", "exact": True})]  # fmt: skip
+    modes = [
+        ("ddim", {"method": "ddim", "exact": False, "state_dtype": "float64"}),
+        ("edict", {"method": "edict", "exact": False, "state_dtype": "float32"}),
+        ("bdia float32", {"method": "bdia", "exact": False, "state_dtype": "float32"}),
+        ("bdia float64", {"method": "bdia", "exact": False, "state_dtype": "float64"}),
+        ("bdia fixed point", {"method": "bdia", "exact": True}),
+    ]
     roundtrips = {}
     for name, options in modes:
         r = bdia.roundtrip(model, steps=steps, prompt=SOURCE, **options)
@@ -235,16 +265,28 @@ def main(argv: list[str] | None = None) -> int:
     rows = [
         ("UNet-only floor per NFE, 1 row / 2 rows", f"{floor_1 * 1e3:.1f} ms / {floor_2 * 1e3:.1f} ms"),
         (f"UNet-only floor of a {nfe_invert}+{nfe_edit}-NFE edit", f"{floor_edit:.2f} s"),
-        ("uncached edit end to end (encode, invert, edit, decode)",
-         f"{uncached_s:.2f} s ({uncached_s / floor_edit:.2f}× floor)"),
+        (
+            "uncached edit end to end (encode, invert, edit, decode)",
+            f"{uncached_s:.2f} s ({uncached_s / floor_edit:.2f}× floor)",
+        ),
         ("cached edit (pair from bytes, edit, decode)", f"{cached_s:.2f} s ({cached_s / uncached_s:.2f}× uncached)"),
-        *((f"throughput, B = {b} ({args.jobs} invert+edit jobs)", f"{rates[b]:.3f} jobs/s ({rates[b] / base:.2f}×)")
-          for b in sizes),
-        *((f"round trip, {name}", f"rel {v['rel_error']:.3g}, max abs {v['max_abs_error']:.3g}"
-           + (" (bit-exact)" if v["bit_exact"] else "")) for name, v in roundtrips.items()),
-    ]  # fmt: skip
-    print(f"\n{report['device']}, {model.name}, {report['dtype']}, {model.width} px, {steps} steps, "
-          f"torch {torch.__version__}\n")  # fmt: skip
+        *(
+            (f"throughput, B = {b} ({args.jobs} invert+edit jobs)", f"{rates[b]:.3f} jobs/s ({rates[b] / base:.2f}×)")
+            for b in sizes
+        ),
+        *(
+            (
+                f"round trip, {name}",
+                f"rel {v['rel_error']:.3g}, max abs {v['max_abs_error']:.3g}"
+                + (" (bit-exact)" if v["bit_exact"] else ""),
+            )
+            for name, v in roundtrips.items()
+        ),
+    ]
+    print(
+        f"\n{report['device']}, {model.name}, {report['dtype']}, {model.width} px, {steps} steps, "
+        f"torch {torch.__version__}\n"
+    )
     print("| measure | value |\n|---|---|")
     for name, value in rows:
         print(f"| {name} | {value} |")

@@ -18,8 +18,7 @@ import torch
 
 import bdia
 from bdia import imaging
-from bdia.params import default_model
-from bdia.params import InversionParams
+from bdia.params import InversionParams, default_model
 
 METHODS = {
     "DDIM inversion": dict(method="ddim", exact=False),
@@ -41,8 +40,10 @@ def main() -> None:
 
     model = bdia.load_model(args.model)
     z0 = imaging.encode(model, imaging.fit_to_model(imaging.sample_image(), model.height, model.width))
-    params = {name: InversionParams(model=model.name, prompt=args.prompt, steps=args.steps, **kw).check()
-              for name, kw in METHODS.items()}
+    params = {
+        name: InversionParams(model=model.name, prompt=args.prompt, steps=args.steps, **kw).check()
+        for name, kw in METHODS.items()
+    }
     bdia.invert_latent(model, z0, params["BDIA exact"], keep_trajectory=False)  # warm-up
 
     times: dict[str, list[float]] = {name: [] for name in METHODS}
@@ -60,28 +61,43 @@ def main() -> None:
         reference = inversion.lattice.decode(inversion.z0).double()
         error = regen.z0.double() - reference
         seconds = min(times[name])
-        rows.append({
-            "method": name, "nfe": inversion.nfe, "seconds": seconds, "ratio_to_ddim": seconds / base,
-            "rel_error": float(error.norm() / reference.norm()), "max_abs_error": float(error.abs().max()),
-            "bit_exact": bool(torch.equal(regen.z0.double(), reference)),
-        })
+        rows.append(
+            {
+                "method": name,
+                "nfe": inversion.nfe,
+                "seconds": seconds,
+                "ratio_to_ddim": seconds / base,
+                "rel_error": float(error.norm() / reference.norm()),
+                "max_abs_error": float(error.abs().max()),
+                "bit_exact": bool(torch.equal(regen.z0.double(), reference)),
+            }
+        )
     by = {r["method"]: r for r in rows}
     summary = {
-        "model": model.name, "steps": args.steps, "device": str(model.device), "threads": torch.get_num_threads(),
+        "model": model.name,
+        "steps": args.steps,
+        "device": str(model.device),
+        "threads": torch.get_num_threads(),
         "bdia_over_ddim": by["BDIA float64"]["seconds"] / base,
         "exact_over_bdia_float": by["BDIA exact"]["seconds"] / by["BDIA float64"]["seconds"],
         "edict_over_ddim": by["EDICT"]["seconds"] / base,
     }
-    print(f"model {model.name}, {args.steps} steps, {model.device}, {torch.get_num_threads()} threads, "
-          f"best of {args.repeats}")
+    print(
+        f"model {model.name}, {args.steps} steps, {model.device}, {torch.get_num_threads()} threads, "
+        f"best of {args.repeats}"
+    )
     print("| method | NFE | s per inversion | × DDIM | round-trip rel. error | max abs error | bit-exact |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['method']} | {r['nfe']} | {r['seconds']:.3f} | {r['ratio_to_ddim']:.3f} | "
-              f"{r['rel_error']:.2e} | {r['max_abs_error']:.2e} | {'yes' if r['bit_exact'] else 'no'} |")
-    print(f"BDIA/DDIM {summary['bdia_over_ddim']:.3f} (target ≤ 1.03); exact/BDIA float "
-          f"{summary['exact_over_bdia_float']:.3f} (target ≤ 1.05); EDICT/DDIM {summary['edict_over_ddim']:.3f} "
-          "(target ≈ 2)")
+        print(
+            f"| {r['method']} | {r['nfe']} | {r['seconds']:.3f} | {r['ratio_to_ddim']:.3f} | "
+            f"{r['rel_error']:.2e} | {r['max_abs_error']:.2e} | {'yes' if r['bit_exact'] else 'no'} |"
+        )
+    print(
+        f"BDIA/DDIM {summary['bdia_over_ddim']:.3f} (target ≤ 1.03); exact/BDIA float "
+        f"{summary['exact_over_bdia_float']:.3f} (target ≤ 1.05); EDICT/DDIM {summary['edict_over_ddim']:.3f} "
+        "(target ≈ 2)"
+    )
     if args.json:
         print(json.dumps({**summary, "rows": rows}))
 

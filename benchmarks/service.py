@@ -35,9 +35,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bdia.jobqueue.stack import LocalStack, free_port
-
 from bdia.client import BdiaClient
+from bdia.jobqueue.stack import LocalStack, free_port
 
 
 def image(seed: int, size: int = 64) -> bytes:

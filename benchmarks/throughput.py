@@ -28,9 +28,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bdia.app.demo import EDITS, SOURCE_PROMPT
-from bdia.jobqueue.stack import LocalStack
-
 from bdia.client import BdiaClient
+from bdia.jobqueue.stack import LocalStack
 from bdia.params import default_model
 
 

@@ -28,6 +28,7 @@ from types import TracebackType
 
 import httpx
 import redis
+
 from bdia.jobqueue.keys import Keys
 
 REDIS_HELP = """\

@@ -1,4 +1,5 @@
-"""Shared fixtures: the tiny random model and a small test image."""
+"""Fixtures every layer shares: the tiny random model, a test image, the real Redis (a fresh key prefix
+per test, deleted afterwards) and in-process APIs over it. Helpers that are not fixtures: ``support``."""
 
 from __future__ import annotations
 
@@ -8,9 +9,18 @@ import os
 # setting, so every process computes with the same numerics fingerprint.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import uuid
+from collections.abc import Callable, Iterator
+
 import numpy as np
 import pytest
+import redis
+from fastapi.testclient import TestClient
 from PIL import Image
+from support import REDIS_URL, delete_prefix
+
+from bdia.app.main import create_app
+from bdia.jobqueue.settings import Settings
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +41,39 @@ def test_image() -> Image.Image:
     base[10:30, 20:40] = [220, 40, 40]
     noisy = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
     return Image.fromarray(noisy, "RGB")
+
+
+@pytest.fixture(scope="session")
+def redis_client() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        pytest.skip(f"no Redis at {REDIS_URL} (start one: redis-server --port 6379)")
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def prefix(redis_client: redis.Redis) -> Iterator[str]:
+    """A fresh key prefix for one test, deleted afterwards."""
+    name = f"bdia-test-{uuid.uuid4().hex[:10]}"
+    yield name
+    delete_prefix(redis_client, name)
+
+
+@pytest.fixture
+def api(prefix: str) -> Iterator[Callable[..., TestClient]]:
+    """Make in-process APIs over this test's key prefix with any settings (webhooks not delivered)."""
+    clients: list[TestClient] = []
+
+    def make(**overrides: object) -> TestClient:
+        settings = Settings(**{"redis_url": REDIS_URL, "key_prefix": prefix, "api_webhooks": False, **overrides})
+        client = TestClient(create_app(settings))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import bdia
-from bdia.jobqueue.cache import InversionSpec
 from bdia import imaging
 from bdia.batching import Job, Layout, drive
+from bdia.jobqueue.cache import InversionSpec
 from bdia.ops import inverting, regenerating
 from bdia.params import EditParams
 
@@ -111,7 +111,8 @@ def task_job(model: bdia.DiffusionModel, task: Task, *, gamma_bound: float) -> J
         return outcome
 
     reconstruct = task.kind == "reconstruct"
-    edit = EditParams() if reconstruct else EditParams.create(**{k: task.params.get(k) for k in EditParams.model_fields})
+    fields = {} if reconstruct else {name: task.params.get(name) for name in EditParams.model_fields}
+    edit = EditParams.create(**fields)
     if not reconstruct and edit.prompt is None:
         raise bdia.InvalidParameter("an edit job needs a prompt")
     regeneration = yield from regenerating(

@@ -32,13 +32,14 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
 from bdia.jobqueue.cache import InversionCache
 from bdia.jobqueue.jobs import Delivery, Job, JobQueue
 from bdia.jobqueue.keys import Keys
 from bdia.jobqueue.logs import configure_logging
 from bdia.jobqueue.settings import Settings
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 if TYPE_CHECKING:
     import bdia

@@ -7,8 +7,9 @@ from typing import Any
 from fastapi.responses import JSONResponse
 
 from bdia.jobqueue.cache import CachedInversion, InversionSpec
-from ..deps import Services
 from bdia.jobqueue.jobs import Job, TooManyJobs
+
+from ..deps import Services
 from ..problems import MEDIA_TYPE, Problem, not_found
 from ..schemas import InversionOut, JobOut, ProblemOut, iso
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from bdia.jobqueue.jobs import Job
+
 from ..auth import tenant_of
 from ..deps import ServicesDep
 from ..idempotency import idempotent
-from bdia.jobqueue.jobs import Job
 from ..limits import rate_limit
 from ..parsing import Body, check_guidance, check_prompt, image_field, inversion_spec, parse, read_body
 from ..schemas import EditFormIn, EditIn, JobOut, ReconstructionIn
@@ -85,8 +86,15 @@ async def create_edit(request: Request, services: ServicesDep) -> Response:
             "masked": "mask_sha256" in inputs,
             "edit_gamma": edit.edit_gamma,
         }
-        job = Job(kind="edit", model=spec.model, inversion_id=spec.inversion_id, params=params, inputs=inputs,
-                  tenant=tenant, webhook=webhook)  # fmt: skip
+        job = Job(
+            kind="edit",
+            model=spec.model,
+            inversion_id=spec.inversion_id,
+            params=params,
+            inputs=inputs,
+            tenant=tenant,
+            webhook=webhook,
+        )
         return await job_response(services, await enqueue(services, job), 202)
 
     return await idempotent(request, services, body.fingerprint, respond)
@@ -110,8 +118,14 @@ async def create_reconstruction(request: Request, services: ServicesDep, reconst
             "guidance_scale": spec.guidance_scale,
             "negative_prompt": spec.negative_prompt,
         }
-        job = Job(kind="reconstruct", model=spec.model, inversion_id=spec.inversion_id, params=params,
-                  tenant=tenant, webhook=webhook)  # fmt: skip
+        job = Job(
+            kind="reconstruct",
+            model=spec.model,
+            inversion_id=spec.inversion_id,
+            params=params,
+            tenant=tenant,
+            webhook=webhook,
+        )
         return await job_response(services, await enqueue(services, job), 202)
 
     return await idempotent(request, services, Body(body, {}, is_form=False).fingerprint, respond)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
+from bdia.jobqueue.jobs import Job
+
 from ..auth import tenant_of
 from ..deps import ServicesDep
 from ..idempotency import idempotent
-from bdia.jobqueue.jobs import Job
 from ..limits import rate_limit
 from ..parsing import image_field, inversion_spec, parse, read_body
 from ..problems import Problem, not_found
@@ -67,8 +68,14 @@ async def create_inversion(request: Request, services: ServicesDep) -> Response:
             return await job_response(services, running, 202)
         await services.cache.put_blob(image.data)
         await services.cache.put_spec(spec)
-        job = Job(kind="invert", model=spec.model, inversion_id=spec.inversion_id, params=spec.params,
-                  tenant=tenant, webhook=webhook)  # fmt: skip
+        job = Job(
+            kind="invert",
+            model=spec.model,
+            inversion_id=spec.inversion_id,
+            params=spec.params,
+            tenant=tenant,
+            webhook=webhook,
+        )
         job = await enqueue(services, job)
         await services.cache.set_maker(spec.inversion_id, job.id)
         return await job_response(services, job, 202)

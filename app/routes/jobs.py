@@ -8,10 +8,11 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
 
+from bdia.jobqueue.jobs import TERMINAL, Event
+
 from ..auth import tenant_of
 from ..deps import LONGEST_BLOCK_S, ServicesDep
 from ..idempotency import idempotent
-from bdia.jobqueue.jobs import TERMINAL, Event
 from ..limits import rate_limit
 from ..problems import Problem, not_found
 from ..schemas import JobOut

@@ -10,9 +10,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 from redis.exceptions import RedisError
 
-from .. import metrics
 from bdia.params import SamplingParams
 
+from .. import metrics
 from ..deps import ServicesDep
 from ..problems import Problem
 from ..schemas import ModelOut, ModelsOut

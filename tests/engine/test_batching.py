@@ -3,17 +3,14 @@ and a real batched worker process with a real Redis."""
 
 from __future__ import annotations
 
-import signal
-from pathlib import Path
-
 import pytest
 import torch
 
 from bdia.batching import Lane, Layout, Request, advance, bind, conditioning, drive, evaluate, plan
 from bdia.denoiser import Denoiser
 from bdia.grid import LevelGrid
-from bdia.params import InversionParams
 from bdia.ops import inverting, layout_fingerprint, regenerate, regenerating
+from bdia.params import InversionParams
 from bdia.sampling import Progress, bdia_invert
 
 P = Progress(1, 1, "test")
@@ -47,8 +44,15 @@ def test_same_slot_any_neighbours_same_bits_as_the_denoiser(which: str, guidance
     z = _latent(model, 0)
     cond = conditioning(model, grid, "a red square", guidance, "blurry")
     for layout in (Layout(1, 0), Layout(4, 2)):
-        reference = Denoiser(model, grid, "a red square", guidance_scale=guidance, negative_prompt="blurry",
-                             batch_size=layout.batch_size, slot=layout.slot)(z, 5)  # fmt: skip
+        reference = Denoiser(
+            model,
+            grid,
+            "a red square",
+            guidance_scale=guidance,
+            negative_prompt="blurry",
+            batch_size=layout.batch_size,
+            slot=layout.slot,
+        )(z, 5)
         alone = evaluate(model, [Request(z, 5, cond, layout, P)])[0]
         assert torch.equal(alone, reference) and alone.dtype == torch.float64
         if layout.batch_size == 1:
@@ -66,9 +70,18 @@ def test_plan_one_call_per_layout_and_free_slot(tiny_model) -> None:
     grid = LevelGrid.from_scheduler(tiny_model.scheduler, 4)
     plain, guided = conditioning(tiny_model, grid, "x"), conditioning(tiny_model, grid, "x", 3.0)
     z = _latent(tiny_model, 0)
-    requests = [Request(z, 1, c, Layout(b, s), P) for c, b, s in [
-        (plain, 4, 0), (plain, 4, 1), (guided, 4, 2), (plain, 4, 0), (plain, 1, 0), (guided, 4, 3), (plain, 4, 2),
-    ]]  # fmt: skip
+    requests = [
+        Request(z, 1, c, Layout(b, s), P)
+        for c, b, s in [
+            (plain, 4, 0),
+            (plain, 4, 1),
+            (guided, 4, 2),
+            (plain, 4, 0),
+            (plain, 1, 0),
+            (guided, 4, 3),
+            (plain, 4, 2),
+        ]
+    ]
     assert plan(requests) == [[0, 1, 6], [2, 5], [3], [4]]
 
 
@@ -87,8 +100,10 @@ def _jobs(model):
 def test_jobs_side_by_side_match_jobs_alone_bit_for_bit(tiny_model) -> None:
     z0, params = _jobs(tiny_model)
     layouts = [Layout(4, s) for s in (2, 0, 3, 1)]
-    alone = [drive(tiny_model, inverting(tiny_model, z, p, layout=layout))
-             for z, p, layout in zip(z0, params, layouts, strict=True)]  # fmt: skip
+    alone = [
+        drive(tiny_model, inverting(tiny_model, z, p, layout=layout))
+        for z, p, layout in zip(z0, params, layouts, strict=True)
+    ]
     # Side by side, joining at different steps (continuous batching), in the same layouts.
     lanes: list[Lane] = []
     for step in range(40):
@@ -107,11 +122,15 @@ def test_jobs_side_by_side_match_jobs_alone_bit_for_bit(tiny_model) -> None:
 
 def test_reconstruction_in_a_mixed_batch_is_exact_and_a_layout_mismatch_is_near_exact(tiny_model) -> None:
     z0, params = _jobs(tiny_model)
-    inversions = [drive(tiny_model, inverting(tiny_model, z0[i], params[i], layout=Layout(4, s)))
-                  for i, s in ((0, 1), (1, 3))]  # fmt: skip
+    inversions = [
+        drive(tiny_model, inverting(tiny_model, z0[i], params[i], layout=Layout(4, s))) for i, s in ((0, 1), (1, 3))
+    ]
     # Reconstruct both (their own layouts) beside an edit of the first in another slot.
-    lanes = [Lane(regenerating(tiny_model, inversions[0])), Lane(regenerating(tiny_model, inversions[1])),
-             Lane(regenerating(tiny_model, inversions[0], "a tiger", guidance_scale=5.0, layout=Layout(4, 0)))]
+    lanes = [
+        Lane(regenerating(tiny_model, inversions[0])),
+        Lane(regenerating(tiny_model, inversions[1])),
+        Lane(regenerating(tiny_model, inversions[0], "a tiger", guidance_scale=5.0, layout=Layout(4, 0))),
+    ]
     while any(lane.live for lane in lanes):
         advance(tiny_model, lanes)
     for lane in lanes[:2]:
@@ -133,70 +152,12 @@ def test_a_failing_job_leaves_its_neighbours_running(tiny_model) -> None:
         yield from bind(bdia_invert(grid, _latent(tiny_model, 0), levels=2), cond, Layout(2, 0), total=2, stage="x")
         raise ValueError("boom")
 
-    good = Lane(inverting(tiny_model, _latent(tiny_model, 1), InversionParams(model=tiny_model.name, steps=4),
-                          layout=Layout(2, 1)))  # fmt: skip
+    good = Lane(
+        inverting(
+            tiny_model, _latent(tiny_model, 1), InversionParams(model=tiny_model.name, steps=4), layout=Layout(2, 1)
+        )
+    )
     lanes = [Lane(broken()), good]
     while any(lane.live for lane in lanes):
         advance(tiny_model, lanes)
     assert isinstance(lanes[0].error, ValueError) and good.done and good.result.nfe == 4
-
-
-# --- a real batched worker ----------------------------------------------------------------------
-
-pytest.importorskip("redis")
-
-
-from service.conftest import redis_client  # noqa: E402, F401  (the service tests' real Redis)
-
-
-@pytest.fixture
-def batched(redis_client, tmp_path: Path):  # noqa: F811
-    from service.conftest import delete_prefix, start_deployment
-
-    deployment = start_deployment(redis_client, tmp_path / "logs", ["b0"], batch_size="4")
-    yield deployment
-    deployment.stop()
-    delete_prefix(redis_client, deployment.prefix)
-
-
-def test_worker_batches_jobs_and_reconstructs_them_bit_exactly(batched) -> None:
-    from service.conftest import make_png
-
-    from bdia.client import BdiaClient
-
-    with BdiaClient(batched.url, timeout=60) as client:
-        # Four different inversions at once: they share the worker's network calls.
-        submitted = [
-            client.invert(make_png(70), "a gradient", steps=12),
-            client.invert(make_png(71), "stripes", steps=16, guidance_scale=3.0),
-            client.invert(make_png(72), "", steps=20, strength=0.6),
-            client.invert(make_png(73), "a square", steps=10, guidance_scale=2.0, negative_prompt="blur"),
-        ]
-        jobs = [client.wait(s.job.id, timeout=120) for s in submitted]
-        assert max(j.started_at for j in jobs) < min(j.finished_at for j in jobs)  # they ran together
-        fingerprints = [client.inversion(s.inversion_id).fingerprint for s in submitted]
-        assert {fp["batch_size"] for fp in fingerprints} == {"4"}
-        assert sorted(fp["slot"] for fp in fingerprints) == ["0", "1", "2", "3"]
-
-        # Reconstructions and edits together, in another order: each reconstruction takes its
-        # inversion's slot, so every one is bit-exact.
-        order = [3, 1, 0, 2]
-        recon = [client.reconstruct(submitted[i].inversion_id) for i in order]
-        edits = [client.edit(submitted[i].inversion_id, "a red gradient", guidance_scale=4.0) for i in (0, 2)]
-        for job in recon:
-            done = client.wait(job.id, timeout=120)
-            assert done.result["exact"] is True and done.result["fingerprint_match"] is True
-            assert done.result["latent_max_abs_error"] == 0.0
-        for job in edits:
-            assert client.wait(job.id, timeout=120).status == "succeeded"
-
-        # A worker whose numerics differ (another thread count): near-exact, and it says so.
-        worker = batched.workers.pop("b0")
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(30)
-        batched.env["BDIA_WORKER_THREADS"] = "2"
-        batched.start_worker("b1")
-        batched.wait_ready(1)
-        other = client.wait(client.reconstruct(submitted[0].inversion_id).id, timeout=120)
-        assert other.result["fingerprint_match"] is False and other.result["exact"] is False
-        assert other.result["latent_max_abs_error"] < 1e-2

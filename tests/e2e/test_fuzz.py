@@ -21,13 +21,11 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, settings
 from PIL import Image
-from service.conftest import make_png
+from support import ALICE, assert_problem, bearer, make_png
 
-from bdia.client import BdiaClient
 from bdia.app.main import create_app
+from bdia.client import BdiaClient
 from bdia.jobqueue.settings import Settings
-
-from .conftest import ALICE, assert_problem, bearer
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "15"))
 SCHEMA = schemathesis.openapi.from_dict(create_app(Settings(api_webhooks=False)).openapi())
@@ -87,18 +85,39 @@ HOSTILE: list[tuple[str, bytes, str, int | None, str | None]] = [
     ("cmyk jpeg", _save(_rgb(seed=4).convert("CMYK"), "JPEG"), "image/jpeg", None, None),
     ("16-bit png", _sixteen_bit(), "image/png", None, None),
     ("exif-rotated jpeg", _exif_rotated(), "image/jpeg", None, None),
-    ("polyglot: png + zip + html", make_png(13) + b"PK\x03\x04" + b"\0" * 26 + b"<script>x</script>", "image/png",
-     None, None),
+    (
+        "polyglot: png + zip + html",
+        make_png(13) + b"PK\x03\x04" + b"\0" * 26 + b"<script>x</script>",
+        "image/png",
+        None,
+        None,
+    ),
     ("la png (grey + alpha)", _save(_rgb(seed=5).convert("LA"), "PNG"), "image/png", None, None),
-]  # fmt: skip
+]
 
 HOSTILE_PARAMS: list[dict[str, str]] = [
-    {"steps": "0"}, {"steps": "-1"}, {"steps": "1000000000"}, {"steps": "abc"}, {"steps": "1e3"},
-    {"strength": "nan"}, {"strength": "0"}, {"strength": "2"}, {"guidance_scale": "inf"}, {"guidance_scale": "-1"},
-    {"gamma": "0"}, {"gamma": "0.5", "steps": "200"}, {"prompt": "p" * 1001}, {"model": "../../etc/passwd"},
-    {"method": "magic"}, {"exact": "maybe"}, {"seed": "1"}, {"webhook": "file:///etc/passwd"},
-    {"webhook": "http://"}, {"webhook": "https://x/" + "a" * 3000}, {"negative_prompt": "n" * 1001},
-]  # fmt: skip
+    {"steps": "0"},
+    {"steps": "-1"},
+    {"steps": "1000000000"},
+    {"steps": "abc"},
+    {"steps": "1e3"},
+    {"strength": "nan"},
+    {"strength": "0"},
+    {"strength": "2"},
+    {"guidance_scale": "inf"},
+    {"guidance_scale": "-1"},
+    {"gamma": "0"},
+    {"gamma": "0.5", "steps": "200"},
+    {"prompt": "p" * 1001},
+    {"model": "../../etc/passwd"},
+    {"method": "magic"},
+    {"exact": "maybe"},
+    {"seed": "1"},
+    {"webhook": "file:///etc/passwd"},
+    {"webhook": "http://"},
+    {"webhook": "https://x/" + "a" * 3000},
+    {"negative_prompt": "n" * 1001},
+]
 
 
 def _submitted(redis_client, deployment) -> int:
@@ -155,9 +174,11 @@ def test_the_body_limit_stops_a_streaming_upload_early(production) -> None:
 
 @SCHEMA.parametrize()
 @settings(
-    max_examples=EXAMPLES, deadline=None, phases=[Phase.explicit, Phase.generate],
+    max_examples=EXAMPLES,
+    deadline=None,
+    phases=[Phase.explicit, Phase.generate],
     suppress_health_check=list(HealthCheck),
-)  # fmt: skip
+)
 def test_schemathesis(case, production) -> None:
     if case.path.endswith("/events"):
         pytest.skip("a stream; its 404 is covered by the service tests")

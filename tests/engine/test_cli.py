@@ -24,8 +24,22 @@ def test_invert_then_edit_then_reconstruct(tmp_path, test_image, capsys):
     inversion = bdia.Inversion.from_bytes(inv.read_bytes())
     assert inversion.params.steps == 12 and inversion.z_hi.dtype == torch.int64
 
-    assert main(["edit", str(inv), "--device", "cpu", "--no-progress", "--prompt", "a blue circle",
-                 "--output", str(tmp_path / "edit.png")]) == 0
+    assert (
+        main(
+            [
+                "edit",
+                str(inv),
+                "--device",
+                "cpu",
+                "--no-progress",
+                "--prompt",
+                "a blue circle",
+                "--output",
+                str(tmp_path / "edit.png"),
+            ]
+        )
+        == 0
+    )
     assert main(["edit", str(inv), "--device", "cpu", "--no-progress", "--output", str(tmp_path / "same.png")]) == 0
     out = capsys.readouterr().out
     assert "vs source 0, exact" in out
@@ -34,8 +48,13 @@ def test_invert_then_edit_then_reconstruct(tmp_path, test_image, capsys):
 
 def test_roundtrip_json_through_the_console_script():
     exe = Path(sys.executable).with_name("bdia")
-    proc = subprocess.run([str(exe), "roundtrip", *TINY, "--method", "bdia", "--steps", "10", "--seed", "1", "--json"],
-                          capture_output=True, text=True, timeout=300, check=True)
+    proc = subprocess.run(
+        [str(exe), "roundtrip", *TINY, "--method", "bdia", "--steps", "10", "--seed", "1", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     for key in ("method", "steps", "gamma", "exact", "nfe", "max_abs_error", "rel_error", "bit_exact", "seconds"):
         assert key in report

@@ -17,10 +17,14 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 #: Where each installed package's source lives in the repository (pyproject.toml's package-dir).
-PACKAGES = {"bdia": ROOT / "bdia", "bdia.jobqueue": ROOT / "jobqueue", "bdia.app": ROOT / "app",
-            "bdia.workers": ROOT / "workers"}  # fmt: skip
+PACKAGES = {
+    "bdia": ROOT / "bdia",
+    "bdia.jobqueue": ROOT / "jobqueue",
+    "bdia.app": ROOT / "app",
+    "bdia.workers": ROOT / "workers",
+}
 
 
 def _modules() -> dict[str, Path]:
@@ -61,14 +65,20 @@ def _imports(name: str, path: Path, *, top_level_only: bool = False) -> set[str]
 
 
 def _engine_modules() -> list[str]:
-    return [m for m in MODULES if m == "bdia" or (m.startswith("bdia.") and m.split(".")[1] not in
-            ("app", "workers", "jobqueue"))]  # fmt: skip
+    return [
+        m
+        for m in MODULES
+        if m == "bdia" or (m.startswith("bdia.") and m.split(".")[1] not in ("app", "workers", "jobqueue"))
+    ]
 
 
 def test_the_engine_imports_nothing_of_the_service() -> None:
     for name in _engine_modules():
-        service = {m for m in _imports(name, MODULES[name]) if m.split(".")[0] in ("app", "workers", "jobqueue")
-                   or m.startswith(("bdia.app", "bdia.workers"))}  # fmt: skip
+        service = {
+            m
+            for m in _imports(name, MODULES[name])
+            if m.split(".")[0] in ("app", "workers", "jobqueue") or m.startswith(("bdia.app", "bdia.workers"))
+        }
         assert not service, f"{name} imports {service}"
         queue = {m for m in _imports(name, MODULES[name]) if m.startswith("bdia.jobqueue")}
         # Only the HTTP client's wire types share the job vocabulary (torch- and Redis-free).
@@ -77,15 +87,19 @@ def test_the_engine_imports_nothing_of_the_service() -> None:
 
 def test_the_queue_contract_is_torch_and_fastapi_free() -> None:
     for name in (m for m in MODULES if m.startswith("bdia.jobqueue")):
-        banned = {m for m in _imports(name, MODULES[name]) if m.split(".")[0] in
-                  ("torch", "fastapi", "starlette", "diffusers", "transformers", "app", "workers")
-                  or m.startswith(("bdia.app", "bdia.workers"))}  # fmt: skip
+        banned = {
+            m
+            for m in _imports(name, MODULES[name])
+            if m.split(".")[0] in ("torch", "fastapi", "starlette", "diffusers", "transformers", "app", "workers")
+            or m.startswith(("bdia.app", "bdia.workers"))
+        }
         assert not banned, f"{name} imports {banned}"
 
 
 def test_nothing_imports_in_a_cycle() -> None:
-    graph = {name: {m for m in _imports(name, path, top_level_only=True) if m in MODULES}
-             for name, path in MODULES.items()}  # fmt: skip
+    graph = {
+        name: {m for m in _imports(name, path, top_level_only=True) if m in MODULES} for name, path in MODULES.items()
+    }
     for name, imported in graph.items():  # a module importing its own package's __init__ is no cycle
         imported -= {m for m in imported if name.startswith(m + ".")}
     visiting: list[str] = []
@@ -163,7 +177,22 @@ def answer(request):
 with BdiaClient("http://service", transport=httpx.MockTransport(answer)) as client:
     print(client.models().default)
 """
-    done = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(site)], capture_output=True, text=True,
-                          timeout=60)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code, str(site)], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "shapes"
+
+
+def test_installing_adds_one_top_level_name(tmp_path: Path) -> None:
+    """The wheel installs ``bdia`` and nothing else, so a user's own ``app`` or ``workers`` is never shadowed."""
+    import zipfile
+
+    build = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path)]
+    subprocess.run([*build, str(ROOT)], capture_output=True, text=True, timeout=300, check=True)
+    (wheel,) = tmp_path.glob("bdia-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")} == {"bdia"}
+    for package in ("bdia/app/main.py", "bdia/app/routes/jobs.py", "bdia/jobqueue/states.py", "bdia/workers/worker.py"):
+        assert package in names
+    assert not any(name.startswith("bdia/shapes/") for name in names)

@@ -129,9 +129,27 @@ def test_micro_training_run_writes_a_diffusers_folder(tmp_path):
 
     out = tmp_path / "model"
     record = main(
-        ["--out", str(out), "--model", "micro", "--steps", "3", "--batch", "4", "--device", "cpu",
-         "--threads", "1", "--check-samples", "2", "--check-steps", "2", "--log-every", "1"]
-    )  # fmt: skip
+        [
+            "--out",
+            str(out),
+            "--model",
+            "micro",
+            "--steps",
+            "3",
+            "--batch",
+            "4",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--check-samples",
+            "2",
+            "--check-steps",
+            "2",
+            "--log-every",
+            "1",
+        ]
+    )
     assert record["steps_done"] == 3 and len(record["losses"]) == 3
     index = json.loads((out / "model_index.json").read_text())
     assert index["unet"] == ["diffusers", "UNet2DConditionModel"] and index["vae"] == [None, None]
@@ -149,7 +167,23 @@ def test_micro_training_run_writes_a_diffusers_folder(tmp_path):
     assert (out / "samples.png").is_file() and "self_check" in json.loads((out / "training.json").read_text())
 
     again = tmp_path / "again"  # reproducible from the seed (on CPU with the same thread count)
-    main(["--out", str(again), "--model", "micro", "--steps", "3", "--batch", "4", "--device", "cpu",
-          "--threads", "1", "--check-samples", "0"])  # fmt: skip
+    main(
+        [
+            "--out",
+            str(again),
+            "--model",
+            "micro",
+            "--steps",
+            "3",
+            "--batch",
+            "4",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--check-samples",
+            "0",
+        ]
+    )
     for part in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
         assert (out / part).read_bytes() == (again / part).read_bytes()

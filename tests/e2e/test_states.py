@@ -11,6 +11,8 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 import redis
+from redis.asyncio import Redis
+
 from bdia.jobqueue.jobs import Job, JobQueue
 from bdia.jobqueue.keys import Keys
 from bdia.jobqueue.settings import Settings
@@ -23,7 +25,6 @@ from bdia.jobqueue.states import (
     lua_tables,
     sources,
 )
-from redis.asyncio import Redis
 
 REDIS_URL = os.environ.get("BDIA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 MODEL = "tiny-random"

@@ -7,11 +7,10 @@ import asyncio
 import json
 
 from redis.asyncio import Redis
+from support import REDIS_URL
 
 from bdia.jobqueue.jobs import Job, JobQueue
 from bdia.jobqueue.settings import Settings
-
-from .conftest import REDIS_URL
 
 MODEL = "tiny-random"
 

@@ -7,13 +7,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .conftest import REDIS_URL, ROOT
+from support import REDIS_URL, ROOT
 
 
 def _demo(args: list[str], **env: str) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if not k.startswith("BDIA_")}
-    return subprocess.run([sys.executable, "-m", "app.demo", *args], cwd=ROOT, env={**base, **env},
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "app.demo", *args],
+        cwd=ROOT,
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_demo_without_redis_says_what_to_install(tmp_path: Path) -> None:

@@ -10,10 +10,9 @@ import sys
 import httpx
 import pytest
 from PIL import Image
+from support import ROOT, Deployment, make_png
 
 from bdia.client import ApiError, BdiaClient
-
-from .conftest import ROOT, Deployment, make_png
 
 STEPS = 6
 
@@ -46,9 +45,16 @@ def test_invert_then_edit_reuses_the_cache_and_reconstruction_is_exact(
     job = submitted.job
     assert job.kind == "invert" and job.status in ("queued", "running", "succeeded")
     assert job.params == {
-        "prompt": "a gradient", "negative_prompt": "", "steps": STEPS, "strength": 1.0,
-        "guidance_scale": 1.0, "gamma": 1.0, "exact": True, "method": "bdia", "state_dtype": "float64",
-    }  # fmt: skip
+        "prompt": "a gradient",
+        "negative_prompt": "",
+        "steps": STEPS,
+        "strength": 1.0,
+        "guidance_scale": 1.0,
+        "gamma": 1.0,
+        "exact": True,
+        "method": "bdia",
+        "state_dtype": "float64",
+    }
     job = client.wait(job)
     assert job.metrics["nfe"] == STEPS and job.metrics["inversion_cached"] is False
     assert job.result["inversion_id"] == submitted.inversion_id

@@ -14,8 +14,14 @@ from bdia.batching import Layout, bind, conditioning, drive
 from bdia.grid import LevelGrid
 from bdia.params import InversionParams
 
-SD_SCHEDULE = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,
-                   set_alpha_to_one=False, clip_sample=False)
+SD_SCHEDULE = dict(
+    beta_schedule="scaled_linear",
+    beta_start=0.00085,
+    beta_end=0.012,
+    steps_offset=1,
+    set_alpha_to_one=False,
+    clip_sample=False,
+)
 
 
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
@@ -82,8 +88,7 @@ def test_bdia_matches_a_direct_implementation_of_the_spec(tiny_model, test_image
 
 @pytest.mark.parametrize("steps,strength", [(10, 1.0), (50, 1.0), (200, 1.0), (50, 0.6), (30, 0.25)])
 def test_exact_mode_round_trip_is_bit_exact(tiny_model, test_image, steps, strength):
-    inversion = bdia.invert(tiny_model, test_image, "a red square", steps=steps, strength=strength,
-                            guidance_scale=3.0)
+    inversion = bdia.invert(tiny_model, test_image, "a red square", steps=steps, strength=strength, guidance_scale=3.0)
     assert inversion.z_hi.dtype == torch.int64
     assert inversion.level == round(steps * strength)
     assert inversion.nfe == inversion.level
@@ -172,7 +177,12 @@ def test_an_edit_may_regenerate_with_its_own_gamma(tiny_model, test_image):
 
 
 def test_params_refuse_bad_values():
-    for kwargs, word in [({"steps": 0}, "steps"), ({"strength": 0.0}, "strength"), ({"strength": 1.5}, "strength"),
-                         ({"method": "euler"}, "method"), ({"guidance_scale": -1.0}, "guidance")]:
+    for kwargs, word in [
+        ({"steps": 0}, "steps"),
+        ({"strength": 0.0}, "strength"),
+        ({"strength": 1.5}, "strength"),
+        ({"method": "euler"}, "method"),
+        ({"guidance_scale": -1.0}, "guidance"),
+    ]:
         with pytest.raises(bdia.InvalidParameter, match=word):
             InversionParams.create(model="m", **kwargs).check()

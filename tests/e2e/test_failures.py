@@ -16,14 +16,12 @@ import httpx
 import pytest
 import redis
 from redis.asyncio import Redis
-from service.conftest import Deployment, delete_prefix, free_port, make_png, start_deployment
+from support import Deployment, assert_problem, delete_prefix, free_port, make_png, start_deployment
 
-from bdia.jobqueue.cache import InversionCache, InversionSpec, sha256
 from bdia.client import BdiaClient
+from bdia.jobqueue.cache import InversionCache, InversionSpec, sha256
 from bdia.jobqueue.jobs import Job, JobQueue
 from bdia.jobqueue.settings import Settings
-
-from .conftest import assert_problem
 
 EDIT = {"steps": 24, "strength": 1.0}  # 24 inversion + 24 regeneration NFE on tiny-random
 
@@ -98,8 +96,21 @@ class PrivateRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-                "--appendonly", "yes", "--appendfsync", "always", "--save", ""]  # fmt: skip
+        args = [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.dir),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+        ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis.from_url(self.url)
         for _ in range(100):
@@ -121,7 +132,7 @@ def test_redis_restarted_with_aof_keeps_queued_jobs_and_workers_reconnect(tmp_pa
     server = PrivateRedis(tmp_path)
     server.start()
     deployment = Deployment("bdia-aof", tmp_path, {})
-    from service.conftest import deployment_env
+    from support import deployment_env
 
     deployment.env = deployment_env("bdia-aof", redis_url=server.url, redis_timeout_s="1")
     deployment.start_api()
@@ -137,8 +148,9 @@ def test_redis_restarted_with_aof_keeps_queued_jobs_and_workers_reconnect(tmp_pa
             server.kill()  # between enqueue and pickup: no worker has started yet
             for method, path in [("GET", f"/v1/jobs/{queued[0]}"), ("GET", "/readyz"), ("POST", "/v1/inversions")]:
                 started = time.monotonic()
-                response = client.http.request(method, path, files={"image": ("a.png", make_png(), "image/png")}
-                                               if method == "POST" else None)  # fmt: skip
+                response = client.http.request(
+                    method, path, files={"image": ("a.png", make_png(), "image/png")} if method == "POST" else None
+                )
                 assert time.monotonic() - started < 1.5, path
                 assert_problem(response, 503)
             server.start()
@@ -180,8 +192,9 @@ def test_a_malformed_job_fails_once_and_blocks_nothing_and_a_long_job_times_out(
             healthy = [client.invert(make_png(seed), "x", steps=4).job.id for seed in range(3)]
             assert {client.wait(job_id, timeout=120).status for job_id in healthy} == {"succeeded"}
             failed = client.wait(poisoned, timeout=120, raise_on_failure=False)
-        # Refused on its first delivery, not retried: dead-lettering is for faults (tests/test_states.py).
-        assert failed.status == "failed" and failed.error.code == "invalid_parameter" and failed.metrics["attempts"] == 1
+        # Refused on its first delivery, not retried: dead-lettering is for faults (tests/e2e/test_states.py).
+        assert failed.status == "failed" and failed.error.code == "invalid_parameter"
+        assert failed.metrics["attempts"] == 1
         assert redis_client.xlen(deployment.keys.dead_letter) == 0
 
         with BdiaClient(deployment.url, timeout=10) as client:

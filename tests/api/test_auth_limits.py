@@ -6,12 +6,10 @@ import logging
 import time
 
 import pytest
-from service.conftest import free_port, make_png
+from support import ALICE, BOB, KEYS, assert_problem, bearer, free_port, make_png
 
 from bdia.app.auth import ApiKeys, digest
 from bdia.jobqueue.keys import Keys
-
-from .conftest import ALICE, BOB, KEYS, assert_problem, bearer
 
 
 def _invert(client, key: str, seed: int = 0, **data: str):
@@ -57,10 +55,14 @@ def test_tenants_see_only_their_own_jobs_inversions_and_idempotency_keys(api) ->
     assert client.get(f"/v1/jobs/{job_id}", headers=bearer(ALICE)).status_code == 200
     assert client.get(f"/v1/inversions/{inversion_id}", headers=bearer(ALICE)).json()["status"] == "pending"
     for method, path in [
-        ("GET", f"/v1/jobs/{job_id}"), ("GET", f"/v1/jobs/{job_id}/events"), ("GET", f"/v1/jobs/{job_id}/result"),
-        ("POST", f"/v1/jobs/{job_id}/cancel"), ("GET", f"/v1/inversions/{inversion_id}"),
-        ("GET", f"/v1/inversions/{inversion_id}/latents"), ("DELETE", f"/v1/inversions/{inversion_id}"),
-    ]:  # fmt: skip
+        ("GET", f"/v1/jobs/{job_id}"),
+        ("GET", f"/v1/jobs/{job_id}/events"),
+        ("GET", f"/v1/jobs/{job_id}/result"),
+        ("POST", f"/v1/jobs/{job_id}/cancel"),
+        ("GET", f"/v1/inversions/{inversion_id}"),
+        ("GET", f"/v1/inversions/{inversion_id}/latents"),
+        ("DELETE", f"/v1/inversions/{inversion_id}"),
+    ]:
         assert_problem(client.request(method, path, headers=bearer(BOB)), 404, "not_found")
     for body in ({"inversion_id": inversion_id}, {"inversion_id": inversion_id, "prompt": "x"}):
         path = "/v1/reconstructions" if "prompt" not in body else "/v1/edits"
@@ -125,15 +127,20 @@ def test_body_limit_is_enforced_while_the_body_streams(api, redis_client, prefix
     )
     assert_problem(response, 413, "payload_too_large")
     big = b"\0" * (limit + 1)
-    assert_problem(client.post("/v1/edits", content=big, headers={"content-type": "application/json"}),
-                   413, "payload_too_large")  # fmt: skip
+    assert_problem(
+        client.post("/v1/edits", content=big, headers={"content-type": "application/json"}), 413, "payload_too_large"
+    )
     assert redis_client.xlen(Keys(prefix).queue("tiny-random")) == 0
 
 
 def test_redis_unreachable_answers_503_problem_json_fast(api) -> None:
     client = api(redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_timeout_s=0.5)
-    for method, path in [("GET", "/v1/jobs/job_x"), ("GET", "/v1/models"), ("GET", "/readyz"),
-                         ("POST", "/v1/reconstructions")]:  # fmt: skip
+    for method, path in [
+        ("GET", "/v1/jobs/job_x"),
+        ("GET", "/v1/models"),
+        ("GET", "/readyz"),
+        ("POST", "/v1/reconstructions"),
+    ]:
         started = time.monotonic()
         response = client.request(method, path, json={"inversion_id": "inv_x"} if method == "POST" else None)
         assert time.monotonic() - started < 1.5

@@ -7,20 +7,26 @@ import json
 
 from redis.asyncio import Redis
 from safetensors.numpy import load
+from support import REDIS_URL, Deployment, make_png
 
-from bdia.jobqueue.cache import InversionCache, InversionSpec
 from bdia.client import BdiaClient
+from bdia.jobqueue.cache import InversionCache, InversionSpec
 from bdia.jobqueue.settings import Settings
-
-from .conftest import REDIS_URL, Deployment, make_png
 
 
 def test_inversion_ids_are_content_addresses() -> None:
     spec = InversionSpec(model="tiny-random", image_sha256="ab" * 32, prompt="a cat")
     assert spec.inversion_id == InversionSpec(**spec.model_dump()).inversion_id
     assert spec.inversion_id.startswith("inv_") and len(spec.inversion_id) == 36
-    for change in ({"prompt": "a dog"}, {"steps": 49}, {"model": "shapes"}, {"image_sha256": "cd" * 32},
-                   {"gamma": 0.99}, {"exact": False}, {"strength": 0.8}):  # fmt: skip
+    for change in (
+        {"prompt": "a dog"},
+        {"steps": 49},
+        {"model": "shapes"},
+        {"image_sha256": "cd" * 32},
+        {"gamma": 0.99},
+        {"exact": False},
+        {"strength": 0.8},
+    ):
         assert InversionSpec(**{**spec.model_dump(), **change}).inversion_id != spec.inversion_id
 
 

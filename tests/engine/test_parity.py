@@ -1,4 +1,6 @@
-"""γ = 0 through the real CLI reproduces diffusers' own DDIM pipeline on a saved model folder (docs/numerics.md#reference-numbers)."""
+"""γ = 0 through the real CLI reproduces diffusers' own DDIM pipeline on a saved model folder.
+
+See docs/numerics.md#reference-numbers."""
 
 from __future__ import annotations
 
@@ -20,16 +22,41 @@ def test_gamma_zero_sample_matches_diffusers_ddim(tmp_path, prediction_type, gui
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     prompt, seed, steps = "a purple star on a beige background", 11, 25
     expected = pipe(
-        prompt, num_inference_steps=steps, guidance_scale=guidance, eta=0.0, output_type="latent",
+        prompt,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        eta=0.0,
+        output_type="latent",
         generator=torch.Generator("cpu").manual_seed(seed),
     ).images
 
     latent = tmp_path / "z.safetensors"
-    code = main([
-        "sample", "--model", str(folder), "--device", "cpu", "--prompt", prompt, "--steps", str(steps),
-        "--gamma", "0", "--guidance", str(guidance), "--seed", str(seed), "--state-dtype", "float32",
-        "--output", str(tmp_path / "x.png"), "--save-latent", str(latent), "--no-progress",
-    ])
+    code = main(
+        [
+            "sample",
+            "--model",
+            str(folder),
+            "--device",
+            "cpu",
+            "--prompt",
+            prompt,
+            "--steps",
+            str(steps),
+            "--gamma",
+            "0",
+            "--guidance",
+            str(guidance),
+            "--seed",
+            str(seed),
+            "--state-dtype",
+            "float32",
+            "--output",
+            str(tmp_path / "x.png"),
+            "--save-latent",
+            str(latent),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     ours = load_file(latent)["z0"]
     assert ours.shape == expected.shape

@@ -5,10 +5,9 @@ from __future__ import annotations
 import time
 
 import httpx
+from support import Deployment, make_png
 
 from bdia.client import BdiaClient
-
-from .conftest import Deployment, make_png
 
 LONG_STEPS = 400  # long enough to be caught running, canceled after its first steps
 
@@ -103,7 +102,11 @@ def test_events_stream_is_server_sent_events(http: httpx.Client, client: BdiaCli
 def test_waiting_by_polling_reports_progress(client: BdiaClient) -> None:
     seen: list[int] = []
     started = time.monotonic()
-    job = client.wait(client.invert(make_png(32), "", steps=40).job, stream=False, poll_interval=0.05,
-                      on_progress=lambda p: seen.append(p.step))  # fmt: skip
+    job = client.wait(
+        client.invert(make_png(32), "", steps=40).job,
+        stream=False,
+        poll_interval=0.05,
+        on_progress=lambda p: seen.append(p.step),
+    )
     assert job.status == "succeeded" and time.monotonic() - started < 120
     assert seen == sorted(seen)

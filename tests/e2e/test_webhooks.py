@@ -12,12 +12,10 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
-from service.conftest import make_png
+from support import ALICE, BOB, WEBHOOK_SECRET, assert_problem, bearer, make_png
 
-from bdia.client import BdiaClient
 from bdia.app.webhooks import sign, verify
-
-from .conftest import ALICE, BOB, WEBHOOK_SECRET, assert_problem, bearer
+from bdia.client import BdiaClient
 
 
 def _standard_signature(secret: str, msg_id: str, timestamp: str, body: bytes) -> str:
@@ -59,8 +57,11 @@ def test_signatures_follow_the_standard() -> None:
     signature = sign(WEBHOOK_SECRET, "msg_1", 1_700_000_000, body)
     assert signature == _standard_signature(WEBHOOK_SECRET, "msg_1", "1700000000", body)
     now = str(int(time.time()))
-    headers = {"webhook-id": "msg_1", "webhook-timestamp": now,
-               "webhook-signature": "v1,bogus " + sign(WEBHOOK_SECRET, "msg_1", int(now), body)}  # fmt: skip
+    headers = {
+        "webhook-id": "msg_1",
+        "webhook-timestamp": now,
+        "webhook-signature": "v1,bogus " + sign(WEBHOOK_SECRET, "msg_1", int(now), body),
+    }
     assert verify(WEBHOOK_SECRET, headers, body)
     assert not verify(WEBHOOK_SECRET, headers, body + b" ")
     assert not verify(WEBHOOK_SECRET, {**headers, "webhook-timestamp": "1700000000"}, body)  # replayed
@@ -104,10 +105,15 @@ def test_metrics_and_json_logs(production) -> None:
         assert edit.metrics["inversion_cached"]
     text = httpx.get(f"{production.url}/metrics", timeout=10).text
     samples = [
-        'bdia_queue_depth{model="tiny-random"}', "bdia_cache_hit_ratio ", "# TYPE bdia_job_seconds histogram",
-        'bdia_job_seconds_bucket{kind="invert",status="succeeded",le="+Inf"}', 'bdia_nfe_spent_total{kind="edit"}',
-        'bdia_nfe_saved_total{kind="edit"}', "bdia_job_queue_seconds_count", "bdia_job_run_seconds_sum",
-    ]  # fmt: skip
+        'bdia_queue_depth{model="tiny-random"}',
+        "bdia_cache_hit_ratio ",
+        "# TYPE bdia_job_seconds histogram",
+        'bdia_job_seconds_bucket{kind="invert",status="succeeded",le="+Inf"}',
+        'bdia_nfe_spent_total{kind="edit"}',
+        'bdia_nfe_saved_total{kind="edit"}',
+        "bdia_job_queue_seconds_count",
+        "bdia_job_run_seconds_sum",
+    ]
     for sample in samples:
         assert sample in text, sample
     saved = [line for line in text.splitlines() if line.startswith('bdia_nfe_saved_total{kind="edit"}')]

@@ -16,10 +16,9 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 from PIL import Image
+from support import make_png
 
 from bdia.jobqueue.keys import Keys
-
-from .conftest import make_png
 
 MAX_BYTES = 60_000
 MAX_PIXELS = 200 * 200
@@ -99,8 +98,9 @@ INVERSION_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("files", "fields", "status", "code"), [c[1:] for c in INVERSION_CASES],
-                         ids=[c[0] for c in INVERSION_CASES])  # fmt: skip
+@pytest.mark.parametrize(
+    ("files", "fields", "status", "code"), [c[1:] for c in INVERSION_CASES], ids=[c[0] for c in INVERSION_CASES]
+)
 def test_bad_inversion_requests(api, redis_client, prefix, files, fields, status, code) -> None:
     client = api()
     upload = {name: ("upload.png", data, "image/png") for name, data in files.items()}
@@ -125,12 +125,14 @@ def test_bad_edit_and_reconstruction_requests(api, redis_client, prefix) -> None
     )
     _assert_problem(
         client.post("/v1/edits", json={"inversion_id": "inv_x", "prompt": "p", "guidance_scale": -2}),
-        422, "invalid_parameter",
-    )  # fmt: skip
+        422,
+        "invalid_parameter",
+    )
     bad_json = client.post("/v1/edits", content=b"{not json", headers={"content-type": "application/json"})
     _assert_problem(bad_json, 400, "bad_request")
-    _assert_problem(client.post("/v1/edits", content=b"hi", headers={"content-type": "text/plain"}), 415,
-                    "unsupported_media_type")  # fmt: skip
+    _assert_problem(
+        client.post("/v1/edits", content=b"hi", headers={"content-type": "text/plain"}), 415, "unsupported_media_type"
+    )
     files = {"image": ("a.gif", b"GIF89a" + b"\0" * 20, "image/gif")}
     _assert_problem(client.post("/v1/edits", files=files, data={"prompt": "p"}), 415, "unsupported_media_type")
     files = {"image": ("a.png", make_png(), "image/png")}
@@ -149,15 +151,21 @@ def test_bad_edit_and_reconstruction_requests(api, redis_client, prefix) -> None
 def test_unknown_resources_and_methods(api, redis_client, prefix) -> None:
     client = api()
     for method, path in [
-        ("GET", "/v1/jobs/job_x"), ("GET", "/v1/jobs/job_x/events"), ("GET", "/v1/jobs/job_x/result"),
-        ("POST", "/v1/jobs/job_x/cancel"), ("GET", "/v1/inversions/inv_x"), ("GET", "/v1/inversions/inv_x/latents"),
-        ("DELETE", "/v1/inversions/inv_x"), ("GET", "/v1/nothing-here"),
-    ]:  # fmt: skip
+        ("GET", "/v1/jobs/job_x"),
+        ("GET", "/v1/jobs/job_x/events"),
+        ("GET", "/v1/jobs/job_x/result"),
+        ("POST", "/v1/jobs/job_x/cancel"),
+        ("GET", "/v1/inversions/inv_x"),
+        ("GET", "/v1/inversions/inv_x/latents"),
+        ("DELETE", "/v1/inversions/inv_x"),
+        ("GET", "/v1/nothing-here"),
+    ]:
         _assert_problem(client.request(method, path), 404, "not_found")
     _assert_problem(client.put("/v1/inversions"), 405, "method_not_allowed")
     too_long = {"Idempotency-Key": "k" * 300}
-    _assert_problem(client.post("/v1/reconstructions", json={"inversion_id": "i"}, headers=too_long), 422,
-                    "invalid_parameter")  # fmt: skip
+    _assert_problem(
+        client.post("/v1/reconstructions", json={"inversion_id": "i"}, headers=too_long), 422, "invalid_parameter"
+    )
     _assert_nothing_queued(redis_client, prefix)
 
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 import time
 
 from safetensors.numpy import load
+from support import Deployment, make_png
 
 from bdia.client import BdiaClient
-
-from .conftest import Deployment, make_png
 
 LEASE_S = 1.5
 PARAMS = {"steps": 200, "strength": 0.5}  # K = 100 levels: a few seconds of work on tiny-random

@@ -16,7 +16,7 @@ from bdia.batching import Layout
 from bdia.ops import invert_latent, regenerate
 from shapes import edit_benchmark
 
-SCRIPT = Path(__file__).parents[1] / "benchmarks" / "edit_quality.py"
+SCRIPT = Path(__file__).parents[2] / "benchmarks" / "edit_quality.py"
 MODEL = "tiny-random-pixel"
 
 
@@ -32,8 +32,24 @@ def bench():
 
 @pytest.fixture(scope="module")
 def report(bench):
-    argv = ["--model", MODEL, "--n", "2", "--steps", "3", "--strength", "1", "--guidance", "2",
-            "--samples", "2", "--validate", "3", "--batch", "2"]  # fmt: skip
+    argv = [
+        "--model",
+        MODEL,
+        "--n",
+        "2",
+        "--steps",
+        "3",
+        "--strength",
+        "1",
+        "--guidance",
+        "2",
+        "--samples",
+        "2",
+        "--validate",
+        "3",
+        "--batch",
+        "2",
+    ]
     return bench.main(argv, echo=lambda _: None)
 
 

@@ -10,12 +10,11 @@ from collections.abc import Callable
 
 import pytest
 from fastapi.testclient import TestClient
+from support import make_png
 
 import bdia
 from bdia.cli import main
 from bdia.params import DEFAULT_GAMMA_BOUND, InversionParams, gamma_growth
-
-from .conftest import make_png
 
 GAMMA = 0.9
 ACCEPTED, REFUSED = 33, 34
@@ -36,17 +35,31 @@ def test_engine_cli_and_api_agree(steps: int, accepted: bool, api: Callable[...,
 
     image = tmp_path / "in.png"
     image.write_bytes(make_png())
-    argv = ["invert", str(image), "--model", "tiny-random", "--device", "cpu", "--no-progress",
-            "--steps", str(steps), "--gamma", str(GAMMA), "--output", str(tmp_path / "inv.safetensors")]  # fmt: skip
+    argv = [
+        "invert",
+        str(image),
+        "--model",
+        "tiny-random",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--steps",
+        str(steps),
+        "--gamma",
+        str(GAMMA),
+        "--output",
+        str(tmp_path / "inv.safetensors"),
+    ]
     code = main(argv)
     err = capsys.readouterr().err
     assert (code == 0) is accepted, err
     assert accepted or ("amplifies" in err and len(err.strip().splitlines()) == 1)
 
     response = api(model="tiny-random").post(
-        "/v1/inversions", files={"image": ("in.png", make_png(), "image/png")},
+        "/v1/inversions",
+        files={"image": ("in.png", make_png(), "image/png")},
         data={"steps": str(steps), "gamma": str(GAMMA)},
-    )  # fmt: skip
+    )
     if accepted:
         assert response.status_code == 202, response.text
     else:
