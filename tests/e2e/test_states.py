@@ -5,16 +5,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import os
-import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 
 import pytest
-import redis
 from redis.asyncio import Redis
+from support import REDIS_URL
 
 from bdia.jobqueue.jobs import Job, JobQueue
-from bdia.jobqueue.keys import Keys
 from bdia.jobqueue.settings import Settings
 from bdia.jobqueue.states import (
     STATUSES,
@@ -26,7 +23,6 @@ from bdia.jobqueue.states import (
     sources,
 )
 
-REDIS_URL = os.environ.get("BDIA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 MODEL = "tiny-random"
 LEGAL = {(t.source, t.target): t.event for t in TRANSITIONS}
 PAIRS = list(itertools.product(STATUSES, STATUSES))
@@ -90,27 +86,6 @@ def test_the_jobs_module_still_exports_the_names() -> None:
 
 
 # --- the table as Redis enforces it -------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def redis_client() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        pytest.skip(f"no Redis at {REDIS_URL} (start one: redis-server --port 6379)")
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def prefix(redis_client: redis.Redis) -> Iterator[str]:
-    """A fresh key prefix for one test, deleted afterwards."""
-    name = f"bdia-test-{uuid.uuid4().hex[:10]}"
-    yield name
-    keys = list(redis_client.scan_iter(match=Keys(name).pattern, count=1000))
-    if keys:
-        redis_client.delete(*keys)
 
 
 def _run(prefix: str, scenario: Callable[[JobQueue], Awaitable[None]]) -> None:
