@@ -77,7 +77,9 @@ class Inversion:
         tensors = {"z_hi": self.z_hi, "z_lo": self.z_lo, "z0": self.z0}
         if self.trajectory is not None:
             tensors["trajectory"] = self.trajectory
-        return save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=self.metadata())
+        # Clones: with one level (or a float lattice that needs no rounding) states can share memory
+        # with z0, and safetensors refuses aliased tensors.
+        return save({k: v.detach().cpu().clone() for k, v in tensors.items()}, metadata=self.metadata())
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Inversion:
