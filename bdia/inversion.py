@@ -79,7 +79,10 @@ class Inversion:
             tensors["trajectory"] = self.trajectory
         # Clones: with one level (or a float lattice that needs no rounding) states can share memory
         # with z0, and safetensors refuses aliased tensors.
-        return save({k: v.detach().cpu().clone() for k, v in tensors.items()}, metadata=self.metadata())
+        return save(
+            {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in tensors.items()},
+            metadata=self.metadata(),
+        )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Inversion:
