@@ -14,6 +14,11 @@ from bdia.jobqueue.stats import labels as _labels
 from .deps import Services
 
 
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+"""Methods counted by name; any other (clients may send made-up ones) counts as ``other``, so the label
+set stays bounded: methods × route templates (unmatched paths share one) × status codes."""
+
+
 @dataclass
 class HttpCounters:
     """Requests and their total seconds, by method, route template and status."""
@@ -46,7 +51,8 @@ class CountRequests:
             await self.app(scope, receive, send_counting)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
-            labels = (scope["method"], route, status)
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            labels = (method, route, status)
             self.counters.requests[labels] += 1
             self.counters.seconds[labels] += time.perf_counter() - start
 
