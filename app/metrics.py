@@ -13,7 +13,6 @@ from bdia.jobqueue.stats import labels as _labels
 
 from .deps import Services
 
-
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 """Methods counted by name; any other (clients may send made-up ones) counts as ``other``, so the label
 set stays bounded: methods × route templates (unmatched paths share one) × status codes."""
