@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # A CPU build is installed only when the venv has no torch at all; bring your own
-# CUDA build first (e.g. `$(PIP) install torch`) and it is kept.
+# CUDA build (torch >= 2.6) first (e.g. `$(PIP) install torch`) and it is kept.
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q -e ".[dev]"
 	@touch $(STAMP)
+	@echo "installed in $(VENV): 'source $(VENV)/bin/activate' puts bdia on PATH (or call $(VENV)/bin/bdia)"
 
 demo: install
 	$(VENV)/bin/bdia demo

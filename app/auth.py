@@ -15,7 +15,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastapi import Request
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPBearer
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bdia.jobqueue.settings import PUBLIC_TENANT, Settings
@@ -28,6 +29,14 @@ DEFAULT_TENANT = "default"
 """The tenant of a key configured without one."""
 TENANT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
+
+
+SECURITY = [
+    Depends(HTTPBearer(auto_error=False, description="`Authorization: Bearer <API key>`")),
+    Depends(APIKeyHeader(name="X-API-Key", auto_error=False, description="the API key, as an alternative")),
+]
+"""The ``/v1`` routers' dependencies that declare the two ways to give the key (OpenAPI security schemes,
+the Authorize button of ``/docs``); checking it is ``Authenticate``'s, before any route runs."""
 
 
 def digest(key: str) -> str:

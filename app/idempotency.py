@@ -10,27 +10,51 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Header, Request
 from fastapi.responses import JSONResponse, Response
 
 from .auth import tenant_of
 from .deps import Services
 from .problems import Problem
+from .schemas import no_default
 
 HEADER = "Idempotency-Key"
 MAX_KEY_CHARS = 255
+KEPT_HEADERS = ("Location", "Preference-Applied")
+"""Headers of a stored response that its replay carries again."""
+REPLAYED = {
+    "Idempotent-Replayed": {
+        "description": "`true` when this is the stored response to an earlier request with the same "
+        "Idempotency-Key and body",
+        "schema": {"type": "string", "enum": ["true"]},
+    }
+}
+"""The OpenAPI ``headers`` entry of a response that may be a replay."""
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias=HEADER,
+        min_length=1,
+        max_length=MAX_KEY_CHARS,
+        description="a repeat with the same key and body gets the stored response again (docs/api.md#idempotency)",
+        json_schema_extra=no_default,
+    ),
+]
 
 
 async def idempotent(
-    request: Request, services: Services, fingerprint: str, respond: Callable[[], Awaitable[Response]]
+    request: Request,
+    services: Services,
+    key: str | None,
+    fingerprint: str,
+    respond: Callable[[], Awaitable[Response]],
 ) -> Response:
-    """Run ``respond`` at most once per (path, key); ``fingerprint`` identifies the request body."""
-    key = request.headers.get(HEADER)
+    """Run ``respond`` at most once per (path, ``key``); ``fingerprint`` identifies the request body."""
     if key is None:
         return await respond()
-    if not key or len(key) > MAX_KEY_CHARS:
-        raise Problem(422, "invalid_parameter", f"{HEADER} must be 1 to {MAX_KEY_CHARS} characters")
     redis, ttl = services.redis, services.settings.idempotency_ttl_s
     slot = services.keys.idempotency(f"{tenant_of(request)}:{request.url.path}", key)
     if await redis.set(slot, json.dumps({"fingerprint": fingerprint}), nx=True, ex=ttl):
@@ -40,7 +64,9 @@ async def idempotent(
             await redis.delete(slot)
             raise
         if 200 <= response.status_code < 300 and isinstance(response, JSONResponse):
-            stored = {"fingerprint": fingerprint, "status": response.status_code, "body": json.loads(response.body)}
+            headers = {name: response.headers[name] for name in KEPT_HEADERS if name in response.headers}
+            body = json.loads(response.body)
+            stored = {"fingerprint": fingerprint, "status": response.status_code, "body": body, "headers": headers}
             await redis.set(slot, json.dumps(stored), ex=ttl)
         else:
             await redis.delete(slot)
@@ -59,4 +85,5 @@ async def idempotent(
             f"a request with {HEADER} {key!r} is still being processed",
             headers={"Retry-After": "1"},
         )
-    return JSONResponse(stored["body"], stored["status"], headers={"Idempotent-Replayed": "true"})
+    headers = {**stored.get("headers", {}), "Idempotent-Replayed": "true"}
+    return JSONResponse(stored["body"], stored["status"], headers=headers)

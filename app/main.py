@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
@@ -22,8 +23,9 @@ from .deps import Services
 from .limits import LimitBody
 from .metrics import CountRequests, HttpCounters
 from .parsing import validation_problem
-from .problems import STATUS_CODES, Problem
+from .problems import STATUS_CODES, Problem, document
 from .routes import edits, inversions, jobs, system
+from .routes.playground import router as playground
 
 log = logging.getLogger("bdia.api")
 
@@ -59,15 +61,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Lossless image editing by exact diffusion inversion (BDIA)",
         description=DESCRIPTION,
         lifespan=lifespan,
+        generate_unique_id_function=lambda route: route.name,  # operation ids: the route functions' names
     )
     app.state.http_counters = HttpCounters()
+    app.add_middleware(edits.FormsToUpload)
     app.add_middleware(LimitBody, limit=settings.max_request_bytes)
     app.add_middleware(Authenticate, keys=keys)
     app.add_middleware(CountRequests, counters=app.state.http_counters)
+    if origins := [o.strip() for o in settings.cors_origins.split(",") if o.strip()]:
+        app.add_middleware(  # outermost: preflights need no key, and errors carry the CORS headers too
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key", "Prefer", "Last-Event-ID"],
+            expose_headers=[
+                "Location",
+                "Retry-After",
+                "ETag",
+                "WWW-Authenticate",
+                "Idempotent-Replayed",
+                "Preference-Applied",
+            ],
+            max_age=600,
+        )
     _add_problem_handlers(app)
+    generate = app.openapi
+    app.openapi = lambda: document(generate())  # type: ignore[method-assign]
 
     for module in (inversions, edits, jobs, system):
         app.include_router(module.router)
+    app.include_router(playground)  # the page at /: not an API operation, open (its /v1 calls carry the key)
     return app
 
 

@@ -1,18 +1,19 @@
-"""Reading and checking request bodies: forms and JSON into schemas, limits from the settings.
+"""Checking request bodies beyond their schemas: media types, images, limits from the settings.
 
-Everything here raises ``Problem``; nothing here touches the queue, so a bad request queues nothing.
+FastAPI parses and validates the bodies against ``schemas`` (a failure renders as 422
+``invalid_parameter``); everything here raises ``Problem``, and nothing here touches the queue, so a
+bad request queues nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
-from typing import Any, TypeVar
+import re
+from typing import Annotated, Any
 
-from fastapi import Request
-from pydantic import BaseModel, ValidationError
-from starlette.datastructures import UploadFile
+from fastapi import Header, Request, UploadFile
+from pydantic import BaseModel
 
 from bdia.errors import GammaUnstable
 from bdia.jobqueue.cache import InversionSpec
@@ -20,31 +21,43 @@ from bdia.jobqueue.settings import Settings
 from bdia.params import SamplingParams
 
 from .problems import Problem, invalid
-from .schemas import InversionParamsIn
+from .schemas import InversionParamsIn, no_default
 from .uploads import ImageUpload, validate_image
 
-Schema = TypeVar("Schema", bound=BaseModel)
 FORM_MEDIA_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+FORM_LIMITS = {"max_files": 4, "max_fields": 64}
+"""At most this many files and text fields in one form (more: 400 ``bad_request``)."""
 
 
-@dataclass(frozen=True)
-class Body:
-    """A parsed request body: text fields (or a JSON object) and uploaded files."""
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
-    fields: dict[str, Any]
-    files: dict[str, bytes]
-    is_form: bool
 
-    @property
-    def fingerprint(self) -> str:
-        """What identifies the body for idempotency: its fields, and each file by its sha256."""
-        files = {name: hashlib.sha256(data).hexdigest() for name, data in self.files.items()}
-        canonical = json.dumps([self.fields, files], sort_keys=True, separators=(",", ":"), default=str)
-        return hashlib.sha256(canonical.encode()).hexdigest()
+def is_form(request: Request) -> bool:
+    return media_type(request) in FORM_MEDIA_TYPES
+
+
+async def require_form(request: Request) -> None:
+    """415 ``unsupported_media_type`` unless the body is a form (run before the body is validated)."""
+    if not is_form(request):
+        raise Problem(
+            415, "unsupported_media_type", f"send multipart/form-data, not {media_type(request) or 'nothing'}"
+        )
+
+
+async def require_json(request: Request) -> None:
+    """415 ``unsupported_media_type`` for a body of another declared type than JSON."""
+    kind = media_type(request)
+    if kind and kind != "application/json" and not kind.endswith("+json"):
+        raise Problem(415, "unsupported_media_type", f"send application/json, not {kind}")
 
 
 def validation_problem(errors: list[dict[str, Any]], location: str = "body") -> Problem:
-    """A 422 problem listing pydantic/FastAPI validation errors (``loc``, ``msg``, ``type``)."""
+    """A 422 problem listing pydantic/FastAPI validation errors (``loc``, ``msg``, ``type``); a body that
+    is not JSON at all is 400 ``bad_request``."""
+    if any(error.get("type") == "json_invalid" for error in errors):
+        reason = next((e.get("ctx", {}).get("error") for e in errors if e.get("type") == "json_invalid"), None)
+        return Problem(400, "bad_request", f"the body is not valid JSON: {reason or 'decode error'}")
     listed = []
     for error in errors:
         loc = [str(part) for part in error.get("loc", ())]
@@ -55,60 +68,54 @@ def validation_problem(errors: list[dict[str, Any]], location: str = "body") -> 
     return Problem(422, "invalid_parameter", summary or "invalid request", errors=listed)
 
 
-async def read_body(request: Request, settings: Settings, *, allow_json: bool) -> Body:
-    """Parse a multipart (or urlencoded) form, or a JSON object when ``allow_json``; 415 otherwise."""
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media_type in FORM_MEDIA_TYPES:  # its size is limited while it streams in (``limits.LimitBody``)
-        try:
-            form = await request.form(max_files=4, max_fields=64)
-        except Problem:
-            raise
-        except Exception as exc:  # malformed multipart
-            raise Problem(400, "bad_request", f"cannot parse the form: {exc}") from None
-        fields: dict[str, Any] = {}
-        files: dict[str, bytes] = {}
-        for name, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                files[name] = await value.read(settings.max_upload_bytes + 1)
-            else:
-                fields[name] = value
-        await form.close()
-        return Body(fields, files, is_form=True)
-    if allow_json and (media_type == "application/json" or media_type.endswith("+json")):
-        try:
-            data = json.loads(await request.body())
-        except ValueError as exc:
-            raise Problem(400, "bad_request", f"the body is not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise Problem(422, "invalid_parameter", "the body must be a JSON object")
-        return Body(data, {}, is_form=False)
-    wanted = "multipart/form-data or application/json" if allow_json else "multipart/form-data"
-    raise Problem(415, "unsupported_media_type", f"send {wanted}, not {media_type or 'no content type'}")
+def fingerprint(body: BaseModel, files: dict[str, bytes] | None = None) -> str:
+    """What identifies a request body for idempotency: its fields as validated, each file by its sha256."""
+    fields = body.model_dump(mode="json", exclude=set(files or ()))
+    digests = {name: hashlib.sha256(data).hexdigest() for name, data in (files or {}).items()}
+    canonical = json.dumps([fields, digests], sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def parse(schema: type[Schema], data: dict[str, Any]) -> Schema:
-    """Validate ``data`` against ``schema``; 422 with an ``errors`` list if it does not fit."""
-    try:
-        return schema.model_validate(data)
-    except ValidationError as exc:
-        raise validation_problem(exc.errors(include_url=False)) from None
-
-
-def image_field(body: Body, name: str, settings: Settings, *, required: bool) -> ImageUpload | None:
-    """The validated image uploaded as form field ``name``."""
-    if name not in body.files:
-        if name in body.fields:
-            raise invalid(name, "must be a file upload, not a text field")
-        if required:
-            raise invalid(name, "field required", code="invalid_parameter")
-        return None
+async def read_image(upload: UploadFile, name: str, settings: Settings) -> ImageUpload:
+    """The validated image uploaded as form field ``name`` (read up to one byte over the limit)."""
+    data = await upload.read(settings.max_upload_bytes + 1)
     return validate_image(
-        body.files[name],
+        data,
         field=name,
         max_bytes=settings.max_upload_bytes,
         max_pixels=settings.max_pixels,
         max_aspect_ratio=settings.max_aspect_ratio,
     )
+
+
+PREFER_WAIT = re.compile(r"^\s*wait\s*=\s*\"?(\d+(?:\.\d+)?)\"?\s*$", re.IGNORECASE)
+
+PreferHeader = Annotated[
+    str | None,
+    Header(
+        alias="Prefer",
+        description="RFC 7240 `wait=N`: answer 200 with the finished job if it finishes within N seconds "
+        "(at most BDIA_MAX_WAIT_S), else 202 as without it; `Preference-Applied` says when it was honoured. "
+        "Other preferences, and malformed ones, are ignored.",
+        json_schema_extra=no_default,
+    ),
+]
+
+
+def wait_seconds(prefer: str | None, settings: Settings) -> float:
+    """How long a request asked to wait (``Prefer: wait=N``), bounded by ``max_wait_s``; 0: not at all.
+
+    Preferences are comma-separated tokens (``respond-async`` wins over ``wait``); ones that are not
+    understood are ignored, as RFC 7240 asks."""
+    if not prefer:
+        return 0.0
+    tokens = [token.split(";")[0].strip().lower() for token in prefer.split(",")]
+    if "respond-async" in tokens:
+        return 0.0
+    for token in tokens:
+        if match := PREFER_WAIT.match(token):
+            return max(0.0, min(float(match.group(1)), settings.max_wait_s))
+    return 0.0
 
 
 def check_prompt(settings: Settings, name: str, value: str | None) -> None:
@@ -150,4 +157,8 @@ def inversion_spec(
         spec.check(settings.gamma_bound)
     except GammaUnstable as exc:
         raise invalid("gamma", str(exc), code=exc.code) from None
+    except OverflowError:  # γ so small that γ^−(K−1) is not even a float
+        raise invalid(
+            "gamma", f"gamma={spec.gamma:g} amplifies errors beyond any bound", code="gamma_unstable"
+        ) from None
     return spec

@@ -1,11 +1,13 @@
-"""Webhooks: a job's final event POSTed to the URL its request named, signed per Standard Webhooks.
+"""Webhooks: a job's events POSTed to the URL its request named, signed per Standard Webhooks.
 
     bdia webhooks [--redis-url URL]        (app.webhooks:main; the API also runs one unless
                                             BDIA_API_WEBHOOKS=false)
 
-Workers never deliver anything: the Lua script that moves a job to a final status also appends
-``{job, event}`` to the outbox stream (``keys.webhooks``), so an event is recorded exactly when
-the job finishes, and a worker pays one XADD for it. Dispatchers read the outbox through a
+Workers never deliver anything: the Lua script that moves a job to a final status (or starts it) also
+appends ``{job, event}`` to the outbox stream (``keys.webhooks``) when the request's ``webhook_events``
+ask for it (``completed``, the default; ``started``; ``progress``, queued by ``JobQueue.progress`` at
+most every ``webhook_progress_s``), so an event is recorded exactly when it happens, and a worker pays
+one XADD for it. Dispatchers read the outbox through a
 consumer group and POST ``{"type": "job.<event>", "timestamp": …, "data": <the job>}`` with the
 headers ``webhook-id``, ``webhook-timestamp`` and ``webhook-signature`` (``v1,`` + base64 of
 HMAC-SHA256 over ``id.timestamp.body`` keyed by the tenant's ``whsec_`` secret). A 2xx answer
@@ -40,7 +42,7 @@ from bdia.jobqueue.keys import WEBHOOK_GROUP, Keys
 from bdia.jobqueue.settings import Settings, get_settings
 
 from .problems import invalid
-from .schemas import JobOut, iso
+from .schemas import JobOut, iso, to_json
 
 log = logging.getLogger("bdia.webhooks")
 
@@ -167,7 +169,7 @@ class Dispatcher:
         if job is None or not job.webhook:
             return await self._done(entry_id, "expired")
         attempt = await redis.hincrby(keys.webhook_attempts, entry_id, 1)
-        data = JobOut.from_job(job).model_dump(mode="json")
+        data = to_json(JobOut.from_job(job))
         body = json.dumps({"type": f"job.{event}", "timestamp": iso(time.time()), "data": data}).encode()
         error = await self._post(job, f"msg_{entry_id}", body)
         if error is None:

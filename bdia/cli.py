@@ -3,7 +3,8 @@
 The service's subcommands (serve, worker, webhooks, demo) are not imported from here: each
 package that provides one registers it under the ``bdia.commands`` entry-point group
 (pyproject.toml), and this module finds it by name. Bad input ends with one line on stderr and a
-non-zero exit; progress bars appear only when stderr is a terminal.
+non-zero exit; progress bars (the engine's and the model loaders') appear only when stderr is a
+terminal; ``--json`` prints one JSON object on stdout instead of the human summary.
 """
 
 from __future__ import annotations
@@ -19,11 +20,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from . import __version__
 from .errors import BdiaError
 from .params import default_model, one_line
 
 COMMANDS_GROUP = "bdia.commands"
 """The entry-point group of the service's subcommands: ``name = "module:main"``, ``main(argv) -> int``."""
+ENGINE_MODULES = frozenset({"torch", "diffusers", "transformers", "safetensors", "accelerate"})
+"""What the ``engine`` extra installs: an engine command that cannot import one of them says so in one line."""
+SOURCE_SIZE = "source_size"
+"""Metadata ``bdia invert`` adds to its file: the source image's ``WIDTHxHEIGHT`` (masks are checked against it)."""
 
 
 @contextmanager
@@ -54,7 +60,7 @@ def _load(args: argparse.Namespace, name: str | None = None) -> Any:
     from .models import load_model
     from .numerics import configure_determinism
 
-    model = load_model(name or args.model, device=args.device, dtype=args.dtype)
+    model = load_model(name or args.model, device=args.device, dtype=args.dtype, progress=args.progress)
     configure_determinism(model)
     return model
 
@@ -64,6 +70,11 @@ def _save_image(image: Any, path: str) -> None:
     if out.parent and not out.parent.exists():
         out.parent.mkdir(parents=True)
     image.save(out)
+
+
+def _report(args: argparse.Namespace, summary: str, result: dict[str, Any]) -> None:
+    """The command's outcome on stdout: one JSON object with ``--json``, else the one-line summary."""
+    print(json.dumps(result) if args.json else summary)
 
 
 def _atomic_write(path: str, data: bytes) -> None:
@@ -108,21 +119,34 @@ def cmd_sample(args: argparse.Namespace) -> int:
             "guidance_scale": str(args.guidance),
         }
         _atomic_write(args.save_latent, save({"z0": z0}, metadata=meta))
-    print(f"wrote {args.output} ({result.nfe} NFE, {result.seconds:.2f} s)")
+    report = {
+        "output": args.output,
+        "latent": args.save_latent,
+        "model": model.name,
+        "width": result.image.width,
+        "height": result.image.height,
+        "nfe": result.nfe,
+        "seconds": result.seconds,
+    }
+    _report(args, f"wrote {args.output} ({result.nfe} NFE, {result.seconds:.2f} s)", report)
     return 0
 
 
 def cmd_invert(args: argparse.Namespace) -> int:
+    from safetensors.torch import load, save
+
+    from .imaging import load_image
     from .ops import invert
 
     source = Path(args.image)
     if not source.is_file():
         raise BdiaError(f"no such image file: {args.image}")
+    picture = load_image(source)
     model = _load(args)
     with progress_bar(args.progress) as callback:
         inversion = invert(
             model,
-            source,
+            picture,
             args.prompt,
             steps=args.steps,
             strength=args.strength,
@@ -133,12 +157,37 @@ def cmd_invert(args: argparse.Namespace) -> int:
             negative_prompt=args.negative_prompt,
             callback=callback,
         )
-    _atomic_write(args.output, inversion.to_bytes())
-    print(
+    # The source's size rides along in the file's metadata, so that `bdia edit --mask` can check the mask against it.
+    metadata = {**inversion.metadata(), SOURCE_SIZE: f"{picture.width}x{picture.height}"}
+    _atomic_write(args.output, save(load(inversion.to_bytes()), metadata=metadata))
+    summary = (
         f"wrote {args.output} (level {inversion.level}, {inversion.nfe} NFE, {inversion.seconds:.2f} s, "
         f"latent std {inversion.latent_std:.3f}, fingerprint {inversion.fingerprint_id})"
     )
+    report = {
+        "output": args.output,
+        "model": model.name,
+        "level": inversion.level,
+        "nfe": inversion.nfe,
+        "seconds": inversion.seconds,
+        "latent_std": inversion.latent_std,
+        "fingerprint_id": inversion.fingerprint_id,
+        "source_width": picture.width,
+        "source_height": picture.height,
+        "params": inversion.params.model_dump(),
+    }
+    _report(args, summary, report)
     return 0
+
+
+def _source_size(data: bytes) -> tuple[int, int] | None:
+    """The source image's (width, height) a file of ``bdia invert`` records; None for other inversion files."""
+    try:
+        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+        width, height = header["__metadata__"][SOURCE_SIZE].split("x")
+        return int(width), int(height)
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
@@ -148,8 +197,10 @@ def cmd_edit(args: argparse.Namespace) -> int:
     source = Path(args.inversion)
     if not source.is_file():
         raise BdiaError(f"no such inversion file: {args.inversion}")
-    inversion = Inversion.from_bytes(source.read_bytes())
-    model = _load(args, args.model or inversion.params.model)
+    data = source.read_bytes()
+    inversion = Inversion.from_bytes(data)
+    params = inversion.params
+    model = _load(args, args.model or params.model)
     with progress_bar(args.progress) as callback:
         result = regenerate(
             model,
@@ -158,15 +209,33 @@ def cmd_edit(args: argparse.Namespace) -> int:
             guidance_scale=args.guidance,
             negative_prompt=args.negative_prompt,
             mask=args.mask,
+            image_size=_source_size(data),
             gamma=args.gamma,
             callback=callback,
         )
     _save_image(result.image, args.output)
-    exactness = "exact" if result.exact else "near-exact" if not result.fingerprint_match else "float"
-    print(
-        f"wrote {args.output} ({result.nfe} NFE, {result.seconds:.2f} s; "
-        f"latent max |error| vs source {result.latent_max_abs_error:.3g}, {exactness})"
+    # Only a reconstruction (nothing changed) has a source to compare with; an edit's distance from it means nothing.
+    reconstruction = (
+        args.mask is None
+        and args.prompt in (None, params.prompt)
+        and args.guidance in (None, params.guidance_scale)
+        and args.negative_prompt in (None, params.negative_prompt)
+        and args.gamma in (None, params.gamma)
     )
+    summary = f"wrote {args.output} ({result.nfe} NFE, {result.seconds:.2f} s"
+    report: dict[str, Any] = {
+        "output": args.output,
+        "model": model.name,
+        "nfe": result.nfe,
+        "seconds": result.seconds,
+        "reconstruction": reconstruction,
+        "fingerprint_match": result.fingerprint_match,
+    }
+    if reconstruction:
+        exactness = "exact" if result.exact else "near-exact" if not result.fingerprint_match else "float"
+        summary += f"; latent max |error| vs source {result.latent_max_abs_error:.3g}, {exactness}"
+        report.update(latent_max_abs_error=result.latent_max_abs_error, exact=result.exact)
+    _report(args, summary + ")", report)
     return 0
 
 
@@ -188,11 +257,7 @@ def cmd_roundtrip(args: argparse.Namespace) -> int:
             callback=callback,
         )
     report["model"] = model.name
-    if args.json:
-        print(json.dumps(report))
-    else:
-        for key, value in report.items():
-            print(f"{key:>16}: {value}")
+    _report(args, "\n".join(f"{key:>16}: {value}" for key, value in report.items()), report)
     return 0
 
 
@@ -209,8 +274,9 @@ def _model_options(p: argparse.ArgumentParser, *, required_default: bool = True)
         dest="progress",
         action="store_false",
         default=sys.stderr.isatty(),
-        help="never draw progress bars",
+        help="never draw progress bars (they are drawn only when stderr is a terminal)",
     )
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
 def _exact_option(p: argparse.ArgumentParser, default: bool) -> None:
@@ -223,7 +289,12 @@ def _exact_option(p: argparse.ArgumentParser, default: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bdia", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="bdia",
+        description="Lossless image editing by exact diffusion inversion (BDIA): the engine's sample, invert, "
+        "edit and roundtrip, and the service's commands.",
+    )
+    parser.add_argument("--version", action="version", version=f"bdia {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("sample", help="generate an image from noise")
@@ -262,7 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default=None, help="the edit prompt (default: the source prompt)")
     p.add_argument("--negative-prompt", default=None)
     p.add_argument("--guidance", type=float, default=None, help="default: the inversion's")
-    p.add_argument("--mask", default=None, help="image: white = may change, elsewhere the source is kept")
+    p.add_argument(
+        "--mask",
+        default=None,
+        help="image, white = may change, elsewhere the source is kept; any size with the image's aspect ratio",
+    )
     p.add_argument(
         "--gamma",
         type=float,
@@ -282,7 +357,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--state-dtype", choices=("float64", "float32"), default="float64")
     _exact_option(p, True)
-    p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=cmd_roundtrip)
 
     for command in service_commands():
@@ -296,6 +370,19 @@ def build_parser() -> argparse.ArgumentParser:
 def service_commands() -> list[EntryPoint]:
     """The subcommands installed packages register under ``bdia.commands``, by name."""
     return sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name)
+
+
+def run_engine_command(args: argparse.Namespace) -> int:
+    """Run one of the engine's subcommands; a missing engine dependency is named in one line."""
+    try:
+        return args.handler(args)
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").partition(".")[0]
+        if missing not in ENGINE_MODULES:
+            raise
+        raise BdiaError(
+            f"'bdia {args.command}' needs the engine extra ({missing} is not installed): pip install 'bdia[engine]'"
+        ) from None
 
 
 def run_service_command(command: EntryPoint, argv: list[str]) -> int:
@@ -313,13 +400,16 @@ def run_service_command(command: EntryPoint, argv: list[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    if not argv:
+        parser.print_help()
+        return 0
     args, rest = parser.parse_known_args(argv)
     if rest and not getattr(args, "passthrough", False):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         if getattr(args, "passthrough", False):
             return run_service_command(args.handler, rest)
-        return args.handler(args)
+        return run_engine_command(args)
     except ValidationError as exc:
         print(f"bdia: error: {one_line(exc)}", file=sys.stderr)
         return 2

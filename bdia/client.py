@@ -8,6 +8,8 @@
         job = client.wait(job, on_progress=lambda p: print(p.step, "/", p.total))
         open("edit.png", "wb").write(client.result(job.id))
 
+Submissions take ``wait=N`` (``Prefer: wait=N``): the answer is then the finished job when it finishes
+within N seconds (bounded by the server's ``BDIA_MAX_WAIT_S``), else the queued or running one.
 Every error response raises ``ApiError`` with the problem's ``status``, ``code`` and ``detail``;
 ``wait`` raises ``JobFailed`` for a job that failed or was canceled.
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -25,7 +27,7 @@ from typing import Any, BinaryIO
 import httpx
 
 from .jobqueue.states import TERMINAL
-from .wire import Event, InversionOut, JobOut, ModelsOut, ProgressOut
+from .wire import Event, InversionList, InversionOut, JobList, JobOut, ModelsOut, ProgressOut
 
 ImageInput = bytes | str | os.PathLike[str] | BinaryIO
 
@@ -92,17 +94,29 @@ class BdiaClient:
     # --- submitting -----------------------------------------------------------------------------
 
     def invert(
-        self, image: ImageInput, prompt: str = "", *, idempotency_key: str | None = None, **params: Any
+        self,
+        image: ImageInput,
+        prompt: str = "",
+        *,
+        idempotency_key: str | None = None,
+        wait: float | None = None,
+        **params: Any,
     ) -> Submitted:
-        """Invert an image; ``params``: steps, strength, guidance_scale, gamma, exact, model, method, …"""
+        """Invert an image; ``params``: steps, strength, guidance_scale, gamma, exact, model, method,
+        webhook, webhook_events, …"""
         data = {"prompt": prompt, **_form(params)}
         response = self._request(
-            "POST", "/v1/inversions", data=data, files={"image": _file(image)}, idempotency_key=idempotency_key
+            "POST",
+            "/v1/inversions",
+            data=data,
+            files={"image": _file(image)},
+            idempotency_key=idempotency_key,
+            wait=wait,
         )
         body = response.json()
-        if response.status_code == 200:
-            return Submitted(inversion=InversionOut(**body))
-        return Submitted(job=JobOut(**body))
+        if "kind" in body:  # a job: 202, or 200 finished after waiting
+            return Submitted(job=JobOut(**body))
+        return Submitted(inversion=InversionOut(**body))
 
     def edit(
         self,
@@ -112,13 +126,23 @@ class BdiaClient:
         guidance_scale: float | None = None,
         negative_prompt: str | None = None,
         edit_gamma: float | None = None,
+        webhook: str | None = None,
+        webhook_events: Iterable[str] | None = None,
         idempotency_key: str | None = None,
+        wait: float | None = None,
     ) -> JobOut:
         """Edit a cached inversion with a new prompt (``edit_gamma`` < 1 damps colour casts; never exact)."""
         body: dict[str, Any] = {"inversion_id": inversion_id, "prompt": prompt}
-        optional = {"guidance_scale": guidance_scale, "negative_prompt": negative_prompt, "edit_gamma": edit_gamma}
+        optional = {
+            "guidance_scale": guidance_scale,
+            "negative_prompt": negative_prompt,
+            "edit_gamma": edit_gamma,
+            "webhook": webhook,
+            "webhook_events": None if webhook_events is None else list(webhook_events),
+        }
         body.update({k: v for k, v in optional.items() if v is not None})
-        return JobOut(**self._request("POST", "/v1/edits", json=body, idempotency_key=idempotency_key).json())
+        response = self._request("POST", "/v1/edits", json=body, idempotency_key=idempotency_key, wait=wait)
+        return JobOut(**response.json())
 
     def edit_image(
         self,
@@ -128,25 +152,63 @@ class BdiaClient:
         *,
         mask: ImageInput | None = None,
         idempotency_key: str | None = None,
+        wait: float | None = None,
         **params: Any,
     ) -> JobOut:
-        """Invert (or reuse the cached inversion of) an image and edit it, in one call."""
+        """Invert (or reuse the cached inversion of) an image and edit it, in one call (``/v1/edits/upload``)."""
         files = {"image": _file(image)}
         if mask is not None:
             files["mask"] = _file(mask, "mask")
         data = {"source_prompt": source_prompt, "prompt": prompt, **_form(params)}
-        response = self._request("POST", "/v1/edits", data=data, files=files, idempotency_key=idempotency_key)
+        response = self._request(
+            "POST", "/v1/edits/upload", data=data, files=files, idempotency_key=idempotency_key, wait=wait
+        )
         return JobOut(**response.json())
 
-    def reconstruct(self, inversion_id: str, *, idempotency_key: str | None = None) -> JobOut:
+    def reconstruct(
+        self,
+        inversion_id: str,
+        *,
+        webhook: str | None = None,
+        webhook_events: Iterable[str] | None = None,
+        idempotency_key: str | None = None,
+        wait: float | None = None,
+    ) -> JobOut:
         """Regenerate with the source prompt; the result reports the round-trip error."""
-        body = {"inversion_id": inversion_id}
-        return JobOut(**self._request("POST", "/v1/reconstructions", json=body, idempotency_key=idempotency_key).json())
+        body: dict[str, Any] = {"inversion_id": inversion_id}
+        if webhook is not None:
+            body["webhook"] = webhook
+        if webhook_events is not None:
+            body["webhook_events"] = list(webhook_events)
+        response = self._request("POST", "/v1/reconstructions", json=body, idempotency_key=idempotency_key, wait=wait)
+        return JobOut(**response.json())
 
     # --- jobs -----------------------------------------------------------------------------------
 
     def job(self, job_id: str) -> JobOut:
         return JobOut(**self._request("GET", f"/v1/jobs/{job_id}").json())
+
+    def jobs(
+        self,
+        *,
+        status: str | Iterable[str] | None = None,
+        kind: str | Iterable[str] | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> JobList:
+        """A page of this tenant's jobs, newest first; ``next_cursor`` fetches the next one."""
+        query = {"status": _many(status), "kind": _many(kind), "limit": limit, "cursor": cursor}
+        return JobList(**self._request("GET", "/v1/jobs", params=_query(query)).json())
+
+    def all_jobs(self, **filters: Any) -> Iterator[JobOut]:
+        """Every job ``jobs`` lists with these filters, page after page."""
+        cursor = None
+        while True:
+            page = self.jobs(cursor=cursor, **filters)
+            yield from page.items
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
 
     def cancel(self, job_id: str) -> JobOut:
         return JobOut(**self._request("POST", f"/v1/jobs/{job_id}/cancel").json())
@@ -207,6 +269,13 @@ class BdiaClient:
     def inversion(self, inversion_id: str) -> InversionOut:
         return InversionOut(**self._request("GET", f"/v1/inversions/{inversion_id}").json())
 
+    def inversions(
+        self, *, status: str | Iterable[str] | None = None, limit: int = 20, cursor: str | None = None
+    ) -> InversionList:
+        """A page of this tenant's inversions (ready or pending), newest first."""
+        query = {"status": _many(status), "limit": limit, "cursor": cursor}
+        return InversionList(**self._request("GET", "/v1/inversions", params=_query(query)).json())
+
     def latents(self, inversion_id: str) -> bytes:
         """The latent pair as safetensors bytes."""
         return self._request("GET", f"/v1/inversions/{inversion_id}/latents").content
@@ -224,9 +293,21 @@ class BdiaClient:
         except httpx.TransportError:
             return False
 
-    def _request(self, method: str, path: str, *, idempotency_key: str | None = None, **kwargs: Any) -> httpx.Response:
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
-        response = self.http.request(method, path, headers=headers, **kwargs)
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        idempotency_key: str | None = None,
+        wait: float | None = None,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        if wait:
+            headers["Prefer"] = f"wait={wait:g}"
+            read = max(self.http.timeout.read or 0, wait + 30)  # the server may hold the answer that long
+            kwargs.setdefault("timeout", httpx.Timeout(self.http.timeout.connect, read=read))
+        response = self.http.request(method, path, headers=headers or None, **kwargs)
         if response.status_code >= 400:
             _raise(response)
         return response
@@ -245,9 +326,25 @@ def _raise(response: httpx.Response) -> None:
     )
 
 
-def _form(params: dict[str, Any]) -> dict[str, str]:
-    """Form values: booleans as ``true``/``false``, ``None`` left out."""
-    return {k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in params.items() if v is not None}
+def _form(params: dict[str, Any]) -> dict[str, str | list[str]]:
+    """Form values: booleans as ``true``/``false``, lists as repeated fields, ``None`` left out."""
+
+    def text(value: Any) -> str:
+        return str(value).lower() if isinstance(value, bool) else str(value)
+
+    return {
+        k: [text(item) for item in v] if isinstance(v, (list, tuple)) else text(v)
+        for k, v in params.items()
+        if v is not None
+    }
+
+
+def _many(value: str | Iterable[str] | None) -> list[str] | None:
+    return None if value is None else [value] if isinstance(value, str) else list(value)
+
+
+def _query(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if v is not None}
 
 
 def _file(image: ImageInput, name: str = "image") -> tuple[str, bytes]:

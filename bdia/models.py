@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+import sys
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -231,15 +234,51 @@ def load_model(
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
+    progress: bool | None = None,
 ) -> DiffusionModel:
     """Load a model by name (``tiny-random``, ``shapes``), local diffusers folder, or hub id.
 
     Named models are cached per (name, device, dtype) and shared: treat them as read-only.
-    Folders and hub ids are loaded afresh on every call (hold on to the result).
+    Folders and hub ids are loaded afresh on every call (hold on to the result). ``progress``:
+    whether transformers', diffusers' and the Hub's loading and download bars may draw (default:
+    only when stderr is a terminal).
     """
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    name = str(name_or_path)
+    with loading_bars(sys.stderr.isatty() if progress is None else progress):
+        return _load(str(name_or_path), device, dtype)
+
+
+@contextmanager
+def loading_bars(enabled: bool) -> Iterator[None]:
+    """With ``enabled`` false, silence transformers', diffusers' and huggingface_hub's progress bars (their
+    "Loading weights" and download bars) until the block ends, then restore them as they were."""
+    if enabled:
+        yield
+        return
+    from diffusers.utils import logging as diffusers_logging
+    from huggingface_hub import utils as hub_utils
+    from transformers.utils import logging as transformers_logging
+
+    switches = (
+        (transformers_logging.is_progress_bar_enabled, transformers_logging.enable_progress_bar),
+        (diffusers_logging.is_progress_bar_enabled, diffusers_logging.enable_progress_bar),
+        (lambda: not hub_utils.are_progress_bars_disabled(), hub_utils.enable_progress_bars),
+    )
+    was_on = [on for is_on, on in switches if is_on()]
+    transformers_logging.disable_progress_bar()
+    diffusers_logging.disable_progress_bar()
+    hub_utils.disable_progress_bars()
+    try:
+        yield
+    finally:
+        with warnings.catch_warnings():  # HF_HUB_DISABLE_PROGRESS_BARS=1 refuses (and warns about) enabling
+            warnings.simplefilter("ignore")
+            for on in was_on:
+                on()
+
+
+def _load(name: str, device: torch.device, dtype: torch.dtype) -> DiffusionModel:
     if name == SHAPES or _TINY_NAME.fullmatch(name):
         return _load_named(name, device, dtype)
     path = Path(name).expanduser()

@@ -9,6 +9,7 @@ alone; a worker drives many side by side. Exact mode needs deterministic numeric
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from . import imaging, numerics
 from .batching import Job, Layout, bind, conditioning, drive
@@ -232,17 +233,63 @@ def layout_fingerprint(model: DiffusionModel, layout: Layout) -> dict[str, str]:
     return numerics.fingerprint(model, batch_size=layout.batch_size, slot=layout.slot)
 
 
-def latent_mask(mask: ImageLike | torch.Tensor, model: DiffusionModel) -> torch.Tensor:
-    """A mask image (white = may change) as a boolean [1, 1, h, w] tensor at latent resolution."""
+def latent_mask(
+    mask: ImageLike | torch.Tensor, model: DiffusionModel, *, image_size: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """A mask image (white = may change) as a boolean [1, 1, h, w] tensor at latent resolution.
+
+    The mask may have any size but must have the image's aspect ratio (to a pixel of rounding):
+    ``image_size`` (width, height) of the image the inversion was made from, or the model's own size
+    (the image the inversion holds, and what a regeneration returns), which is always accepted too.
+    It is fitted to the model size as the image was. Transparent pixels count as black (keep): the
+    mask is composited on black. Anything else is refused with ``InvalidParameter``.
+    """
+    h, w = model.latent_shape[1:]
     if isinstance(mask, torch.Tensor):
+        _check_mask_aspect((int(mask.shape[-1]), int(mask.shape[-2])), (w, h), image_size)
         m = mask.to(torch.float32).reshape(1, 1, *mask.shape[-2:])
-        m = torch.nn.functional.interpolate(m, size=tuple(model.latent_shape[1:]), mode="area")
+        m = torch.nn.functional.interpolate(m, size=(h, w), mode="area")
     else:
-        picture = imaging.fit_to_model(imaging.load_image(mask), model.height, model.width).convert("L")
-        h, w = model.latent_shape[1:]
+        picture = _mask_picture(mask)
+        _check_mask_aspect(picture.size, (model.width, model.height), image_size)
+        picture = imaging.fit_to_model(picture, model.height, model.width)
         small = picture.resize((w, h), Image.Resampling.BOX)
         m = torch.tensor(list(small.getdata()), dtype=torch.float32).reshape(1, 1, h, w) / 255.0
     return (m > 0.5).to(model.device)
+
+
+def _mask_picture(mask: ImageLike) -> Image.Image:
+    """The mask as greyscale, upright per its EXIF orientation; transparent pixels are black (keep)."""
+    picture = mask
+    if not isinstance(mask, Image.Image):
+        try:
+            stream = io.BytesIO(bytes(mask)) if isinstance(mask, (bytes, bytearray, memoryview)) else mask
+            picture = Image.open(stream)
+            picture.load()
+        except Exception:
+            imaging.load_image(mask)  # raises the engine's InvalidImage for what cannot be read
+            raise
+    if picture.mode in ("RGBA", "RGBa", "LA", "La", "PA") or (picture.mode == "P" and "transparency" in picture.info):
+        rgba = ImageOps.exif_transpose(picture).convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("L")
+    return imaging.load_image(picture).convert("L")
+
+
+def _check_mask_aspect(size: tuple[int, int], model_size: tuple[int, int], image_size: tuple[int, int] | None) -> None:
+    """Refuse a mask whose aspect ratio is neither the image's nor the model's, beyond a pixel of rounding."""
+
+    def fits(reference: tuple[int, int]) -> bool:
+        # Some scale s takes the reference to the mask's size within a pixel on each side.
+        (mw, mh), (rw, rh) = size, reference
+        return max((mw - 1) / rw, (mh - 1) / rh) < min((mw + 1) / rw, (mh + 1) / rh)
+
+    references = [model_size] if image_size is None else [tuple(image_size), model_size]
+    if not any(fits(r) for r in references):
+        rw, rh = references[0]
+        raise InvalidParameter(
+            f"the mask is {size[0]}×{size[1]} but the image is {rw}×{rh}: "
+            "a mask may have any size but needs the image's aspect ratio"
+        )
 
 
 def _mask_guide(trajectory: torch.Tensor | list[torch.Tensor] | None, mask: torch.Tensor) -> Guide:
@@ -260,6 +307,7 @@ def regenerate(
     guidance_scale: float | None = None,
     negative_prompt: str | None = None,
     mask: ImageLike | torch.Tensor | None = None,
+    image_size: tuple[int, int] | None = None,
     gamma: float | None = None,
     layout: Layout | None = None,
     callback: Callback = None,
@@ -269,7 +317,9 @@ def regenerate(
 
     With the source prompt, the same guidance and a matching numerics fingerprint, exact mode gives
     the source latent back bit for bit. ``mask`` (white = may change) keeps the rest of the latent
-    on the source trajectory at every level. ``layout`` defaults to the one the inversion recorded.
+    on the source trajectory at every level; it must have the aspect ratio of the image (``image_size``,
+    the source image's (width, height) when known, else the model's size; ``latent_mask``).
+    ``layout`` defaults to the one the inversion recorded.
 
     ``gamma`` (BDIA only) is the regeneration's own γ, by default the inversion's. Sampling damps
     the mismatch between BDIA's two interleaved states by γ per step (docs/numerics.md), so an edit
@@ -283,6 +333,7 @@ def regenerate(
         guidance_scale=guidance_scale,
         negative_prompt=negative_prompt,
         mask=mask,
+        image_size=image_size,
         gamma=gamma,
         layout=layout,
     )
@@ -297,6 +348,7 @@ def regenerating(
     guidance_scale: float | None = None,
     negative_prompt: str | None = None,
     mask: ImageLike | torch.Tensor | None = None,
+    image_size: tuple[int, int] | None = None,
     gamma: float | None = None,
     layout: Layout | None = None,
 ) -> Job[Regeneration]:
@@ -315,7 +367,7 @@ def regenerating(
         params.guidance_scale if guidance_scale is None else guidance_scale,
         params.negative_prompt if negative_prompt is None else negative_prompt,
     )
-    mask_tensor = None if mask is None else latent_mask(mask, model)
+    mask_tensor = None if mask is None else latent_mask(mask, model, image_size=image_size)
     walk = regeneration_walk(
         grid, inversion.z_hi, inversion.z_lo, params, gamma=gamma, trajectory=inversion.trajectory, mask=mask_tensor
     )

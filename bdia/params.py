@@ -11,6 +11,7 @@ naming each bad field; plain construction and ``model_validate`` (the API's way)
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -51,7 +52,12 @@ def gamma_growth(gamma: float, levels: int) -> float:
     The inversion's bootstrap step is plain DDIM and each of the K − 1 BDIA steps after it divides
     by γ once, so this is exactly the growth the engine's arithmetic has.
     """
-    return gamma ** -(levels - 1) if levels > 1 else 1.0
+    if levels <= 1:
+        return 1.0
+    try:
+        return gamma ** -(levels - 1)
+    except OverflowError:  # a γ so small that the growth is beyond any float
+        return math.inf
 
 
 def check_gamma(gamma: float, levels: int, bound: float = DEFAULT_GAMMA_BOUND, *, inverting: bool) -> None:

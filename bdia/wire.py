@@ -6,20 +6,64 @@ the server's dependencies nor torch.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
 from bdia.jobqueue.states import EventName, JobKind, JobStatus
 
 
-def iso(timestamp: float | None) -> str | None:
-    """Seconds since the epoch as an ISO 8601 UTC string, e.g. ``2026-11-26T04:09:00.123Z``."""
+def iso(timestamp: float | datetime | None) -> str | None:
+    """Seconds since the epoch (or a datetime) as an ISO 8601 UTC string, e.g. ``2026-11-26T04:09:00.123Z``."""
     if timestamp is None:
         return None
-    moment = datetime.fromtimestamp(timestamp, timezone.utc)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    moment = timestamp if isinstance(timestamp, datetime) else datetime.fromtimestamp(timestamp, timezone.utc)
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def moment(timestamp: float | None) -> datetime | None:
+    """Seconds since the epoch as an aware UTC datetime."""
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, timezone.utc)
+
+
+Timestamp = Annotated[
+    datetime,
+    PlainSerializer(iso, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
+"""A moment: an aware datetime in Python, ISO 8601 UTC with milliseconds on the wire."""
+
+
+def to_json(body: BaseModel) -> dict[str, Any]:
+    """A response body as JSON values: the fields it was given (a ``Record`` sends only those present)."""
+    return body.model_dump(mode="json", exclude_unset=True)
+
+
+class Record(BaseModel):
+    """A record whose fields depend on the job's kind: only those present travel (``to_json``; unknown
+    ones are kept), readable as attributes and, as the plain dicts they once were, as ``record["name"]``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self.model_fields_set:
+            raise KeyError(name)
+        return getattr(self, name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.model_fields_set
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return getattr(self, name) if name in self.model_fields_set else default
+
+    def keys(self) -> Iterator[str]:
+        return iter(self.to_dict())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields present, as JSON values."""
+        return to_json(self)
 
 
 class Event(BaseModel):
@@ -33,12 +77,63 @@ class Event(BaseModel):
 class ProgressOut(BaseModel):
     step: int
     total: int
-    stage: str
+    stage: str = Field(description="``invert`` or ``regenerate``; ``total`` is that stage's NFE")
 
 
 class ErrorOut(BaseModel):
     code: str
     detail: str
+
+
+class JobParams(Record):
+    """A job's parameters as validated, defaults filled in. ``invert``: the inversion parameters and
+    ``prompt``; ``edit``: ``prompt``, ``guidance_scale``, ``negative_prompt``, ``masked``, ``edit_gamma``;
+    ``reconstruct``: ``prompt``, ``guidance_scale``, ``negative_prompt``."""
+
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    guidance_scale: float | None = None
+    steps: int | None = None
+    strength: float | None = None
+    gamma: float | None = None
+    exact: bool | None = None
+    method: str | None = None
+    state_dtype: str | None = None
+    masked: bool | None = None
+    edit_gamma: float | None = None
+
+
+class JobMetrics(Record):
+    """What a job spent: ``nfe`` (network evaluations by this job), the cache's share, timings, attempts."""
+
+    nfe: int | None = None
+    inversion_cached: bool | None = None
+    inversion_nfe: int | None = None
+    regenerate_nfe: int | None = None
+    queue_seconds: float | None = None
+    run_seconds: float | None = None
+    attempts: int | None = None
+
+
+class JobResult(Record):
+    """What a succeeded job made. ``invert``: ``inversion_id``, ``url``, ``latents_url``, ``latent_std``,
+    ``level``, ``fingerprint_id``; ``edit``: ``url``, ``content_type``, ``width``, ``height``,
+    ``fingerprint_match``; ``reconstruct`` adds ``latent_max_abs_error``, ``exact`` and ``psnr`` (dB, null
+    when the pixels are identical or the upload expired)."""
+
+    inversion_id: str | None = None
+    url: str | None = None
+    latents_url: str | None = None
+    latent_std: float | None = None
+    level: int | None = None
+    fingerprint_id: str | None = None
+    content_type: str | None = None
+    width: int | None = None
+    height: int | None = None
+    fingerprint_match: bool | None = None
+    latent_max_abs_error: float | None = None
+    exact: bool | None = None
+    psnr: float | None = None
 
 
 class JobOut(BaseModel):
@@ -48,15 +143,15 @@ class JobOut(BaseModel):
     kind: JobKind
     status: JobStatus
     model: str
-    created_at: str
-    started_at: str | None = None
-    finished_at: str | None = None
-    queue_position: int | None = None
+    created_at: Timestamp
+    started_at: Timestamp | None = None
+    finished_at: Timestamp | None = None
+    queue_position: int | None = Field(None, description="while queued: 1 = the next job a worker takes")
     progress: ProgressOut | None = None
     inversion_id: str
-    params: dict[str, Any]
-    metrics: dict[str, Any] = Field(default_factory=dict)
-    result: dict[str, Any] | None = None
+    params: JobParams
+    metrics: JobMetrics = Field(default_factory=JobMetrics)
+    result: JobResult | None = None
     error: ErrorOut | None = None
     cancel_requested: bool = False
     urls: dict[str, str] = Field(default_factory=dict)
@@ -72,9 +167,9 @@ class JobOut(BaseModel):
             kind=job.kind,
             status=job.status,
             model=job.model,
-            created_at=iso(job.created_at),
-            started_at=iso(job.started_at),
-            finished_at=iso(job.finished_at),
+            created_at=moment(job.created_at),
+            started_at=moment(job.started_at),
+            finished_at=moment(job.finished_at),
             queue_position=queue_position,
             progress=job.progress,
             inversion_id=job.inversion_id,
@@ -87,6 +182,13 @@ class JobOut(BaseModel):
         )
 
 
+class JobList(BaseModel):
+    """A page of jobs, newest first; ``next_cursor`` (null at the end) fetches the next page."""
+
+    items: list[JobOut]
+    next_cursor: str | None = None
+
+
 class InversionOut(BaseModel):
     """An inversion (``GET /v1/inversions/{id}``): ready in the cache, or pending while a job makes it."""
 
@@ -94,7 +196,7 @@ class InversionOut(BaseModel):
     status: Literal["ready", "pending"]
     model: str
     prompt: str
-    params: dict[str, Any]
+    params: JobParams
     image_sha256: str
     fingerprint: dict[str, str] | None = None
     fingerprint_id: str | None = None
@@ -102,10 +204,17 @@ class InversionOut(BaseModel):
     level: int | None = None
     nfe: int | None = None
     size_bytes: int | None = None
-    created_at: str | None = None
-    expires_at: str | None = None
+    created_at: Timestamp | None = None
+    expires_at: Timestamp | None = None
     job_id: str | None = None
     urls: dict[str, str] = Field(default_factory=dict)
+
+
+class InversionList(BaseModel):
+    """A page of inversions, newest first; ``next_cursor`` (null at the end) fetches the next page."""
+
+    items: list[InversionOut]
+    next_cursor: str | None = None
 
 
 class ModelOut(BaseModel):
@@ -126,8 +235,16 @@ class ModelsOut(BaseModel):
     models: list[ModelOut]
 
 
+class ProblemError(BaseModel):
+    """One invalid field of a request: where (``["body", "steps"]``), what is wrong, its error type."""
+
+    loc: list[str]
+    msg: str
+    type: str
+
+
 class ProblemOut(BaseModel):
-    """RFC 9457 problem details, as every error response carries them."""
+    """RFC 9457 problem details, as every error response carries them; ``code`` is stable."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -136,4 +253,5 @@ class ProblemOut(BaseModel):
     status: int
     detail: str
     code: str
-    errors: list[dict[str, Any]] | None = None
+    instance: str | None = None
+    errors: list[ProblemError] | None = None

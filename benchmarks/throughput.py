@@ -1,14 +1,29 @@
-"""Throughput of the worker with continuous batching against one job at a time. A script:
+"""Latency and throughput of the worker's batch layouts against the engine alone. A script:
 
-    .venv/bin/python benchmarks/throughput.py [--model shapes] [--jobs 8] [--batch-size 4] [--steps 20] [--json]
+    .venv/bin/python benchmarks/throughput.py [--model shapes] [--steps 20] [--guidance-scale 2]
+        [--concurrency 1,2,4,8] [--workers fixed:1,fixed:4,adaptive] [--threads N] [--json]
+    .venv/bin/python benchmarks/throughput.py --invariance [--threads N] [--repeats 5]
 
-Runs the same K concurrent edits (each of a different image, so each inverts and then edits)
-through the real API, Redis queue and one worker twice: with ``--batch-size B`` and with B = 1.
-Reports jobs per second (K over first submission → last finish) and p50/p95 latency
-(submission → finish, per job) for both, and their ratios. Each deployment edits one image first
-to warm up. With ``--json`` the last line is one JSON object (``batched_jobs_per_s``,
-``sequential_jobs_per_s``, …). Each deployment is a local stack (``bdia.jobqueue.stack``): a private
-redis-server unless ``BDIA_REDIS_URL`` is set.
+For each worker configuration of ``--workers`` (``fixed:B``: every job at batch size B;
+``adaptive``: the adaptive policy up to the default widest batch; ``adaptive:B``: up to B; any of them
+``@T`` for T torch threads instead of the run's) one local stack runs (``bdia.jobqueue.stack``: the
+real API, Redis queue and one worker process; a private redis-server unless ``BDIA_REDIS_URL`` is
+set). After a warm-up edit it times:
+
+- lone edits, one at a time: three edits of new images (invert + edit), each followed by a second
+  edit of the same image (the inversion cached). Right before each, this process makes the same
+  edit with the engine alone (``bdia.invert`` + ``bdia.regenerate``, same model, settings and torch
+  threads as the run): each edit's ratio to the engine is taken against the run next to it;
+- K concurrent edits of K new images for each K of ``--concurrency``: K clients submit at once.
+
+Latency is submission → finish as the service records it (``created_at`` → ``finished_at``);
+throughput is K over first submission → last finish. Workers run the default torch threads
+(``bdia.workers.worker.default_threads``) unless ``--threads`` or ``@T`` says otherwise. With
+``--json`` the last line is one JSON object with every measurement.
+
+``--invariance`` instead probes whether a sample's network output keeps its bits whatever else
+shares its call (docs/batch-invariance.md): per layer type of the model's UNet and for the whole
+network, and what evaluating rows one at a time would cost.
 """
 
 from __future__ import annotations
@@ -16,12 +31,14 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from PIL import Image
 
@@ -48,8 +65,8 @@ def image(seed: int, size: int = 64) -> bytes:
     return buffer.getvalue()
 
 
-def _time(stamp: str) -> float:
-    return datetime.fromisoformat(stamp).timestamp()
+def _time(stamp: str | datetime) -> float:
+    return (stamp if isinstance(stamp, datetime) else datetime.fromisoformat(stamp)).timestamp()
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -61,78 +78,478 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def measure(model: str, batch_size: int, jobs: int, params: dict[str, Any], logs: Path) -> dict[str, Any]:
-    """Start a deployment with one worker of ``batch_size``; time ``jobs`` concurrent edits through it."""
-    settings = {"model": model, "models": model, "batch_size": batch_size, "worker_threads": 1, "worker_block_s": 0.05}
-    with LocalStack(logs / f"b{batch_size}", settings) as stack, BdiaClient(stack.url, timeout=600) as client:
-        client.wait(client.edit_image(image(10_000 + batch_size), SOURCE_PROMPT, EDITS[0], **params).id, timeout=600)
-        submitted = [client.edit_image(image(n), SOURCE_PROMPT, EDITS[n % len(EDITS)], **params) for n in range(jobs)]
-        done = [client.wait(job.id, timeout=1800) for job in submitted]
-    created = [_time(job.created_at) for job in done]
-    finished = [_time(job.finished_at) for job in done]
+class Worker(NamedTuple):
+    """A worker configuration: ``fixed:B``, ``adaptive`` or ``adaptive:B``, each with an optional ``@threads``."""
+
+    policy: str
+    width: int | None = None
+    """The widest batch (None: the default)."""
+    threads: int | None = None
+    """torch threads (None: the run's)."""
+
+    @classmethod
+    def parse(cls, spec: str) -> Worker:
+        layout, _, threads = spec.partition("@")
+        policy, _, width = layout.partition(":")
+        if policy not in ("fixed", "adaptive") or (policy == "fixed" and not width):
+            raise ValueError(
+                f"a worker is fixed:B, adaptive or adaptive:B (each with an optional @threads), got {spec!r}"
+            )
+        return cls(policy, int(width) if width else None, int(threads) if threads else None)
+
+    @property
+    def name(self) -> str:
+        return self.policy + (f":{self.width}" if self.width else "") + (f"@{self.threads}" if self.threads else "")
+
+
+# --- the engine alone -------------------------------------------------------------------------------
+
+
+class Engine:
+    """The same edits in this process with the engine alone: ``bdia.invert`` + ``bdia.regenerate``."""
+
+    def __init__(self, model_name: str, threads: int, params: dict[str, Any]) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        self.model = _model(model_name)
+        self.params = params
+        self.edit(0)  # warm-up
+
+    def edit(self, seed: int) -> tuple[Any, float]:
+        """Invert image ``seed`` and edit it with ``EDITS[0]``: the inversion and the seconds."""
+        import bdia
+
+        p = self.params
+        started = time.perf_counter()
+        inversion = bdia.invert(
+            self.model,
+            image(seed),
+            SOURCE_PROMPT,
+            steps=p["steps"],
+            strength=p["strength"],
+            guidance_scale=p["guidance_scale"],
+        )
+        self.nfe = inversion.nfe + self.regenerate(inversion, EDITS[0])[0]
+        return inversion, time.perf_counter() - started
+
+    def regenerate(self, inversion: Any, prompt: str) -> tuple[int, float]:
+        """Edit an inversion (a cached edit): its NFE and seconds."""
+        import bdia
+
+        started = time.perf_counter()
+        edited = bdia.regenerate(self.model, inversion, prompt, guidance_scale=self.params["guidance_scale"])
+        _png(edited.image)
+        return edited.nfe, time.perf_counter() - started
+
+
+_MODELS: dict[str, Any] = {}
+
+
+def _model(name: str) -> Any:
+    import bdia
+
+    if name not in _MODELS:
+        _MODELS[name] = bdia.load_model(name, device="cpu")
+        bdia.configure_determinism(_MODELS[name])
+    return _MODELS[name]
+
+
+def _png(picture: Any) -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# --- the service ------------------------------------------------------------------------------------
+
+
+class Seeds:
+    """Fresh image seeds: no two edits of a run share an image unless they mean to."""
+
+    def __init__(self, start: int) -> None:
+        self.next = start
+
+    def take(self, n: int = 1) -> list[int]:
+        self.next += n
+        return list(range(self.next - n, self.next))
+
+
+def burst(url: str, seeds: list[int], params: dict[str, Any]) -> dict[str, Any]:
+    """``len(seeds)`` clients each submit one edit at the same moment; their latencies and the throughput."""
+
+    def one(seed: int) -> Any:
+        with BdiaClient(url, timeout=600) as client:
+            job = client.edit_image(image(seed), SOURCE_PROMPT, EDITS[seed % len(EDITS)], **params)
+            return client.wait(job.id, timeout=1800, stream=False, poll_interval=0.2)
+
+    with ThreadPoolExecutor(len(seeds)) as pool:
+        done = list(pool.map(one, seeds))
+    return _stats(done)
+
+
+def lone(url: str, seeds: list[int], params: dict[str, Any], engine: Engine | None) -> dict[str, Any]:
+    """For each image: an edit of it alone (invert + edit), then a second edit (the inversion cached),
+    each right after the engine alone made the same edit: latencies, engine seconds and their ratios."""
+    fresh, cached, alone, alone_cached = [], [], [], []
+    with BdiaClient(url, timeout=600) as client:
+        for seed in seeds:
+            for prompt, jobs, times in ((EDITS[0], fresh, alone), (EDITS[1], cached, alone_cached)):
+                if engine is not None:
+                    if prompt == EDITS[0]:
+                        inversion, seconds = engine.edit(seed)
+                    else:
+                        seconds = engine.regenerate(inversion, prompt)[1]
+                    times.append(seconds)
+                job = client.edit_image(image(seed), SOURCE_PROMPT, prompt, **params)
+                jobs.append(client.wait(job.id, timeout=600, stream=False, poll_interval=0.05))
+    assert all(job.metrics.get("inversion_cached") for job in cached), "the second edits should reuse the inversion"
+    report: dict[str, Any] = {"edit": _stats(fresh), "cached_edit": _stats(cached)}
+    for key, times in (("edit", alone), ("cached_edit", alone_cached)):
+        if times:
+            latencies = report[key]["latencies"]
+            report[key]["engine_s"] = statistics.median(times)
+            report[key]["ratio"] = statistics.median(s / e for s, e in zip(latencies, times, strict=True))
+    return report
+
+
+def _stats(jobs: list[Any]) -> dict[str, Any]:
+    if any(job.status != "succeeded" for job in jobs):
+        raise RuntimeError(f"jobs failed: {[job.error for job in jobs if job.status != 'succeeded']}")
+    created = [_time(job.created_at) for job in jobs]
+    finished = [_time(job.finished_at) for job in jobs]
     latencies = [f - c for c, f in zip(created, finished, strict=True)]
     wall = max(finished) - min(created)
     return {
-        "batch_size": batch_size,
-        "jobs": jobs,
-        "wall_s": wall,
-        "jobs_per_s": jobs / wall,
+        "latencies": latencies,
+        "jobs": len(jobs),
+        "jobs_per_s": len(jobs) / wall,
         "p50_s": percentile(latencies, 0.5),
         "p95_s": percentile(latencies, 0.95),
-        "nfe_per_job": done[0].metrics.get("nfe"),
+        "median_s": statistics.median(latencies),
+        "nfe": jobs[0].metrics.get("nfe"),
     }
+
+
+def measure(
+    model: str,
+    worker: Worker,
+    threads: int,
+    concurrency: list[int],
+    params: dict[str, Any],
+    logs: Path,
+    seeds: Seeds,
+    engine: Engine,
+) -> dict[str, Any]:
+    """One stack with one worker of this configuration: the lone edits, then each burst."""
+    settings: dict[str, Any] = {
+        "model": model,
+        "models": model,
+        "batch_policy": worker.policy,
+        "worker_threads": worker.threads or threads,
+    }
+    if worker.width is not None:
+        settings["batch_size"] = worker.width
+    name = worker.name
+    with LocalStack(logs / name.replace(":", "").replace("@", "-t"), settings) as stack:
+        with BdiaClient(stack.url, timeout=600) as client:  # warm-up
+            (seed,) = seeds.take(1)
+            client.wait(client.edit_image(image(seed), SOURCE_PROMPT, EDITS[0], **params).id, timeout=600)
+        report = lone(stack.url, seeds.take(3), params, engine)
+        bursts = {k: burst(stack.url, seeds.take(k), params) for k in concurrency}
+    return {"worker": name, **report, "bursts": bursts}
+
+
+# --- batch invariance (docs/batch-invariance.md) -----------------------------------------------------
+
+ROWS = (1, 2, 4, 8, 16)
+"""Rows per network call probed: batch sizes 1, 2, 4, 8 (× 2 guidance halves) and a lone unguided row."""
+
+
+def invariance(model_name: str, threads: list[int], repeats: int) -> None:
+    """Print whether a sample's network output keeps its bits across the rows of a call and its place
+    among them, per layer type; and what evaluating rows one at a time (all layers, or only those that
+    were not invariant) costs against one batched call."""
+    import collections
+
+    import torch
+    import torch.nn.functional as F
+    from diffusers.models.attention_processor import Attention
+
+    model = _model(model_name)
+    unet = model.unet
+    generator = torch.Generator().manual_seed(0)
+    n = max(ROWS)
+    x = torch.randn((n, *model.latent_shape), generator=generator)
+    t = torch.randint(0, 1000, (n,), generator=generator)
+    prompts = ["", "a red circle", "a blue square", "a green triangle"]
+    emb = torch.cat([model.encode_prompt([prompts[i % len(prompts)]]) for i in range(n)])
+
+    def kind(module: torch.nn.Module) -> str | None:
+        if isinstance(module, Attention):
+            return "attention block (projections + SDPA)"
+        if isinstance(module, torch.nn.Conv2d):
+            return f"conv {module.kernel_size[0]}×{module.kernel_size[1]}"
+        if isinstance(module, torch.nn.Linear):
+            return (
+                "linear, time embedding (M = rows)" if _time_mlp(module, unet) else "linear, tokens (M = rows × tokens)"
+            )
+        if isinstance(module, torch.nn.GroupNorm):
+            return "group norm"
+        if isinstance(module, torch.nn.LayerNorm):
+            return "layer norm"
+        return None
+
+    modules = {name: (kind(m), m) for name, m in unet.named_modules() if kind(m) is not None}
+    inputs: dict[str, Any] = {}
+    hooks = [m.register_forward_hook(_capture(inputs, name), with_kwargs=True) for name, (_, m) in modules.items()]
+    attention_inputs: list[tuple] = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        attention_inputs.append((args, kwargs))
+        return sdpa(*args, **kwargs)
+
+    F.scaled_dot_product_attention = spy
+    try:
+        with torch.no_grad():
+            unet(x, t, encoder_hidden_states=emb, return_dict=False)
+    finally:
+        F.scaled_dot_product_attention = sdpa
+        for hook in hooks:
+            hook.remove()
+
+    def placements() -> list[tuple[int, int, list[int]]]:
+        out = []
+        for rows in ROWS:
+            for slot in sorted({0, rows // 2, rows - 1}):
+                others = list(range(1, n))[: rows - 1]
+                out.append((rows, slot, [*others[:slot], 0, *others[slot:]]))
+        return out
+
+    def split(fn: Any) -> list[int]:
+        """The row counts whose output for sample 0 (at any slot) differs from its output in a lone call."""
+        reference = fn(torch.tensor([0]))[0]
+        differing = set()
+        for rows, slot, index in placements():
+            if not torch.equal(fn(torch.tensor(index))[slot], reference):
+                differing.add(rows)
+        return sorted(differing)
+
+    def take(value: Any, index: torch.Tensor) -> Any:
+        if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == n:
+            return value[index]
+        if isinstance(value, tuple):
+            return tuple(take(v, index) for v in value)
+        if isinstance(value, dict):
+            return {k: take(v, index) for k, v in value.items()}
+        return value
+
+    for count in threads:
+        torch.set_num_threads(count)
+        table: dict[str, list] = collections.defaultdict(lambda: [0, 0, collections.Counter()])
+        with torch.no_grad():
+            for name, (label, module) in modules.items():
+                args, kwargs = inputs[name]
+                differing = split(lambda i, m=module, a=args, k=kwargs: m(*take(a, i), **take(k, i)))
+                table[label][1] += 1
+                table[label][0] += not differing
+                table[label][2][tuple(differing)] += bool(differing)
+            for args, kwargs in attention_inputs:
+                differing = split(lambda i, a=args, k=kwargs: sdpa(*take(a, i), **k))
+                row = table["scaled dot-product attention"]
+                row[1] += 1
+                row[0] += not differing
+                row[2][tuple(differing)] += bool(differing)
+            whole = split(lambda i: unet(x[i], t[i], encoder_hidden_states=emb[i], return_dict=False)[0])
+        print(
+            f"\n{count} torch thread(s): a sample's output in calls of {'/'.join(map(str, ROWS))} rows, at the "
+            "first, middle and last slot, against the same sample alone\n"
+        )
+        print("| layer type | instances | bit-identical in every call | the others differ at rows |")
+        print("|---|---|---|---|")
+        for label in sorted(table):
+            same, total, how = table[label]
+            detail = "; ".join(f"{'/'.join(map(str, rows))} ({k})" for rows, k in sorted(how.items()) if rows)
+            print(f"| {label} | {total} | {same} | {detail or '—'} |")
+        print(f"| whole UNet | 1 | {0 if whole else 1} | {'/'.join(map(str, whole)) or '—'} |")
+
+        row_by_row = [m for _, (label, m) in modules.items() if label.startswith(("conv", "linear, time"))]
+        costs = _invariance_costs(unet, x, t, emb, row_by_row, repeats)
+        print(f"\n{count} torch thread(s): one network call, best of {repeats} (interleaved)\n")
+        print("| rows | batched (ms) | every row alone (ms) | × | conv + time MLP row by row (ms) | × |")
+        print("|---|---|---|---|---|---|")
+        for rows in ROWS:
+            b, r, h = (1000 * costs[rows, mode] for mode in ("batched", "rows", "hybrid"))
+            print(f"| {rows} | {b:.1f} | {r:.1f} | {r / b:.2f} | {h:.1f} | {h / b:.2f} |")
+        print(f"\n{count} torch thread(s): sample 0's bits at every slot of calls of 1…{max(ROWS)} rows, by class")
+        print(f"(A: its bits alone; (ABA…): one class per slot)\n\n- batched: {_bit_classes(unet, x, t, emb, [])}")
+        print(f"- conv + time MLP row by row: {_bit_classes(unet, x, t, emb, row_by_row)}")
+
+
+def _time_mlp(module: Any, unet: Any) -> bool:
+    """Whether a linear layer acts on the time embedding (one row per sample) rather than on tokens."""
+    return any(module is m for m in unet.time_embedding.modules()) or any(
+        module is getattr(block, "time_emb_proj", None) for block in unet.modules()
+    )
+
+
+def _capture(store: dict[str, Any], name: str) -> Any:
+    def hook(module: Any, args: Any, kwargs: Any, output: Any) -> None:
+        store.setdefault(name, (args, kwargs))
+
+    return hook
+
+
+def _row_by_row(modules: list[Any], on: bool) -> None:
+    """Make these modules evaluate each row of their input alone (or undo it)."""
+    import torch
+
+    for module in modules:
+        if not on:
+            module.__dict__.pop("forward", None)
+            continue
+
+        def forward(value: Any, m: Any = module) -> Any:
+            return torch.cat([type(m).forward(m, value[i : i + 1]) for i in range(value.shape[0])])
+
+        module.forward = forward
+
+
+def _bit_classes(unet: Any, x: Any, t: Any, emb: Any, modules: list[Any], most: int = 16) -> str:
+    """Sample 0's output at every slot of calls of 1…``most`` rows, as classes of identical bits: ``A`` is
+    its bits alone; ``1: A; 2–3: B`` says calls of 2 or 3 rows give it other bits, at every slot (a row
+    count whose slots differ lists each slot's class). ``modules`` evaluate row by row meanwhile."""
+    import torch
+
+    references: list[Any] = []
+    described: list[tuple[str, int]] = []
+    _row_by_row(modules, True)
+    try:
+        with torch.no_grad():
+            for rows in range(1, most + 1):
+                labels = []
+                for slot in range(rows):
+                    index = torch.tensor([*range(1, 1 + slot), 0, *range(1 + slot, rows)])
+                    out = unet(x[index], t[index], encoder_hidden_states=emb[index], return_dict=False)[0][slot]
+                    found = next((i for i, r in enumerate(references) if torch.equal(r, out)), None)
+                    if found is None:
+                        found = len(references)
+                        references.append(out)
+                    labels.append(chr(ord("A") + found))
+                described.append((labels[0] if len(set(labels)) == 1 else "(" + "".join(labels) + ")", rows))
+    finally:
+        _row_by_row(modules, False)
+    runs: list[list] = []
+    for label, rows in described:
+        if runs and runs[-1][0] == label:
+            runs[-1][2] = rows
+        else:
+            runs.append([label, rows, rows])
+    return "; ".join(f"{a}{f'–{b}' if b != a else ''}: {label}" for label, a, b in runs)
+
+
+def _invariance_costs(unet: Any, x: Any, t: Any, emb: Any, modules: list[Any], repeats: int) -> dict:
+    import torch
+
+    def batched(rows: int) -> None:
+        unet(x[:rows], t[:rows], encoder_hidden_states=emb[:rows], return_dict=False)
+
+    def one_by_one(rows: int) -> None:
+        for i in range(rows):
+            unet(x[i : i + 1], t[i : i + 1], encoder_hidden_states=emb[i : i + 1], return_dict=False)
+
+    best: dict[tuple[int, str], float] = {}
+    with torch.no_grad():
+        for repeat in range(repeats + 1):  # the first is a warm-up
+            for rows in ROWS:
+                for mode, run in (("batched", batched), ("rows", one_by_one), ("hybrid", batched)):
+                    _row_by_row(modules, mode == "hybrid")
+                    started = time.perf_counter()
+                    run(rows)
+                    seconds = time.perf_counter() - started
+                    _row_by_row(modules, False)
+                    if repeat:
+                        best[rows, mode] = min(best.get((rows, mode), seconds), seconds)
+    return best
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bdia.workers.worker import default_batch_size, default_threads
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="default: bdia.params.default_model() (shapes when bundled)")
-    parser.add_argument("--jobs", type=int, default=8, help="K, concurrent edits per mode")
-    parser.add_argument("--batch-size", type=int, default=4, help="B of the batched worker")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--strength", type=float, default=1.0)
-    parser.add_argument("--guidance-scale", type=float, default=None, help="edit guidance (default: the API's)")
+    parser.add_argument("--guidance-scale", type=float, default=2.0, help="of the inversion and the edit")
+    parser.add_argument("--concurrency", default="1,2,4,8", help="K: concurrent edits per burst")
+    parser.add_argument("--workers", default="fixed:1,fixed:4,adaptive", help="worker configurations")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the worker's default)")
+    parser.add_argument("--logs", help="keep the stacks' logs in this folder (default: a temporary one)")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    parser.add_argument(
+        "--invariance",
+        action="store_true",
+        help="instead: probe the batch invariance of the network's layers and its cost (docs/batch-invariance.md)",
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats of each call (--invariance)")
     args = parser.parse_args(argv)
     model = args.model or default_model()
-    params: dict[str, Any] = {"steps": args.steps, "strength": args.strength}
-    if args.guidance_scale is not None:
-        params["guidance_scale"] = args.guidance_scale
+    if args.invariance:
+        invariance(model, [args.threads] if args.threads else [1, 2], args.repeats)
+        return 0
+    params: dict[str, Any] = {"steps": args.steps, "strength": args.strength, "guidance_scale": args.guidance_scale}
+    concurrency = [int(k) for k in args.concurrency.split(",")]
+    workers = [Worker.parse(spec) for spec in args.workers.split(",")]
+    threads = args.threads if args.threads is not None else default_threads("cpu")
 
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="bdia-throughput-") as logs:
-        batched = measure(model, args.batch_size, args.jobs, params, Path(logs))
-        sequential = measure(model, 1, args.jobs, params, Path(logs))
-    report = {
-        "model": model,
-        "jobs": args.jobs,
-        "batch_size": args.batch_size,
-        **{k: v for k, v in params.items()},
-        "batched_jobs_per_s": batched["jobs_per_s"],
-        "sequential_jobs_per_s": sequential["jobs_per_s"],
-        "throughput_ratio": batched["jobs_per_s"] / sequential["jobs_per_s"],
-        "batched_p50_s": batched["p50_s"],
-        "batched_p95_s": batched["p95_s"],
-        "sequential_p50_s": sequential["p50_s"],
-        "sequential_p95_s": sequential["p95_s"],
-        "p50_ratio": batched["p50_s"] / sequential["p50_s"],
-        "p95_ratio": batched["p95_s"] / sequential["p95_s"],
-        "nfe_per_job": batched["nfe_per_job"],
-        "seconds": time.perf_counter() - started,
-    }
+    seeds = Seeds(1)
+    engine = Engine(model, threads, params)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bdia-throughput-") as temporary:
+        logs = args.logs or temporary
+        for worker in workers:
+            rows.append(measure(model, worker, threads, concurrency, params, Path(logs), seeds, engine))
+            print(f"  measured {rows[-1]['worker']} ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+    seconds = time.perf_counter() - started
+    alone = {key: statistics.median(row[key]["engine_s"] for row in rows) for key in ("edit", "cached_edit")}
+
     print(
-        f"\n{args.jobs} concurrent edits, model {model}, {args.steps} steps, strength {args.strength}, "
-        f"NFE per job {report['nfe_per_job']}, one worker, 1 torch thread\n"
+        f"\nmodel {model}, {args.steps} steps, strength {args.strength:g}, guidance {args.guidance_scale:g}: "
+        f"an edit of a new image is {engine.nfe} NFE (invert + edit), a cached edit "
+        f"{rows[0]['cached_edit']['nfe']}; one worker, {threads} torch thread(s), CPU; "
+        f"default widest batch {default_batch_size('cpu')}\n"
     )
-    print("| worker | jobs/s | p50 latency (s) | p95 latency (s) | wall (s) |")
-    print("|---|---|---|---|---|")
-    for name, row in ((f"batched, B = {args.batch_size}", batched), ("one at a time, B = 1", sequential)):
-        print(f"| {name} | {row['jobs_per_s']:.3f} | {row['p50_s']:.2f} | {row['p95_s']:.2f} | {row['wall_s']:.1f} |")
-    print(
-        f"\nbatched / sequential: throughput {report['throughput_ratio']:.2f}×, "
-        f"p50 latency {report['p50_ratio']:.2f}×, p95 latency {report['p95_ratio']:.2f}×"
-    )
+    print("Lone edits, one at a time (median of 3; × engine: median of the ratios to the engine-alone edit run")
+    print("just before each one):\n")
+    print("| worker | edit (s) | engine alone (s) | × engine | cached edit (s) | engine alone (s) | × engine |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        e, c = row["edit"], row["cached_edit"]
+        print(
+            f"| {row['worker']} | {e['median_s']:.3f} | {e['engine_s']:.3f} | {e['ratio']:.2f} | "
+            f"{c['median_s']:.3f} | {c['engine_s']:.3f} | {c['ratio']:.2f} |"
+        )
+    best = {k: max(row["bursts"][k]["jobs_per_s"] for row in rows) for k in concurrency}
+    print(f"\nK concurrent edits of new images (engine alone, one edit after another: {alone['edit']:.3f} s each):\n")
+    print("| K | worker | jobs/s | × best | p50 (s) | p95 (s) | p50 × engine |")
+    print("|---|---|---|---|---|---|---|")
+    for k in concurrency:
+        print(f"| {k} | engine alone, one at a time | {1 / alone['edit']:.3f} | | | | |")
+        for row in rows:
+            b = row["bursts"][k]
+            print(
+                f"| {k} | {row['worker']} | {b['jobs_per_s']:.3f} | {b['jobs_per_s'] / best[k]:.2f} | "
+                f"{b['p50_s']:.2f} | {b['p95_s']:.2f} | {b['p50_s'] / alone['edit']:.2f} |"
+            )
+    print(f"\n{seconds:.0f} s in all")
     if args.json:
-        print(json.dumps(report))
+        print(
+            json.dumps(
+                {"model": model, "threads": threads, **params, "engine": alone, "workers": rows, "seconds": seconds}
+            )
+        )
     return 0
 
 

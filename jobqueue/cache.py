@@ -122,8 +122,13 @@ class InversionCache:
             await pipe.execute()
 
     async def delete(self, inversion_id: str) -> bool:
-        """Forget the inversion entirely (entry and spec); False if there was nothing to forget."""
-        existed = await self.redis.delete(self.keys.inversion(inversion_id), self.keys.inversion_spec(inversion_id))
+        """Forget the inversion entirely (entry, spec, its tenant's index entry); False if there was nothing."""
+        spec = await self.spec(inversion_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.keys.inversion(inversion_id), self.keys.inversion_spec(inversion_id))
+            if spec is not None:
+                pipe.zrem(self.keys.tenant_inversions(spec.tenant), inversion_id)
+            existed, *_ = await pipe.execute()
         await self.drop(inversion_id)
         return bool(existed)
 
@@ -133,9 +138,12 @@ class InversionCache:
         return len(sizes), sum(int(s) for s in sizes)
 
     async def _touch(self, inversion_id: str, image_sha256: str | None) -> None:
+        spec = await self.spec(inversion_id)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.expire(self.keys.inversion(inversion_id), self.ttl)
             pipe.expire(self.keys.inversion_spec(inversion_id), self.ttl)
+            if spec is not None:  # the index outlives every spec it lists
+                pipe.expire(self.keys.tenant_inversions(spec.tenant), self.ttl)
             if image_sha256:
                 pipe.expire(self.keys.blob(image_sha256), self.ttl)
             pipe.zadd(self.keys.cache_lru, {inversion_id: time.time()})
@@ -161,7 +169,14 @@ class InversionCache:
     # --- what an inversion is of ---------------------------------------------------------------
 
     async def put_spec(self, spec: InversionSpec) -> None:
-        await self.redis.set(self.keys.inversion_spec(spec.inversion_id), spec.model_dump_json(), ex=self.ttl)
+        """Store the spec and list the inversion in its tenant's index (``GET /v1/inversions``), atomically;
+        the index expires with the last spec it lists (readers drop entries whose spec expired)."""
+        index = self.keys.tenant_inversions(spec.tenant)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self.keys.inversion_spec(spec.inversion_id), spec.model_dump_json(), ex=self.ttl)
+            pipe.zadd(index, {spec.inversion_id: time.time()}, nx=True)
+            pipe.expire(index, self.ttl)
+            await pipe.execute()
 
     async def spec(self, inversion_id: str) -> InversionSpec | None:
         raw = await self.redis.get(self.keys.inversion_spec(inversion_id))

@@ -11,11 +11,14 @@ every one is checked against the transition table of ``states``, which the scrip
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import secrets
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, Field
 from redis.asyncio import Redis
@@ -26,7 +29,25 @@ from .settings import PUBLIC_TENANT, Settings
 from .states import TERMINAL, EventName, IllegalTransition, JobKind, JobStatus, lua_tables
 from .stats import observe
 
-__all__ = ["TERMINAL", "Delivery", "Event", "EventName", "Job", "JobKind", "JobQueue", "JobStatus", "TooManyJobs"]
+__all__ = [
+    "TERMINAL",
+    "WEBHOOK_EVENTS",
+    "Delivery",
+    "Event",
+    "EventName",
+    "Job",
+    "JobKind",
+    "JobQueue",
+    "JobStatus",
+    "TooManyJobs",
+    "WebhookEvent",
+    "newest_first",
+]
+
+WebhookEvent = Literal["started", "progress", "completed"]
+"""What a request's webhook may receive: ``started`` (each start of an attempt), ``progress`` (throttled to one
+every ``webhook_progress_s``) and ``completed`` (the final event: succeeded, failed or canceled)."""
+WEBHOOK_EVENTS: tuple[str, ...] = get_args(WebhookEvent)
 
 
 class TooManyJobs(Exception):
@@ -46,7 +67,9 @@ class Job(BaseModel):
     model: str
     tenant: str = PUBLIC_TENANT
     webhook: str | None = None
-    """Where the terminal event is POSTed (Standard Webhooks), if anywhere."""
+    """Where the job's events are POSTed (Standard Webhooks), if anywhere."""
+    webhook_events: list[WebhookEvent] = Field(default_factory=lambda: ["completed"])
+    """Which events go to ``webhook``."""
     inversion_id: str
     params: dict[str, Any]
     """The request's parameters as validated, defaults filled in."""
@@ -99,12 +122,28 @@ class Delivery:
 
 # --- Lua: every status change is atomic with its event, and checked against the table -------
 
+_WANTS = """
+-- Whether the job's request asked for webhook events of ``kind`` (started, progress, completed).
+local function wants(job, kind)
+  local hook = redis.call('HGET', job, 'webhook')
+  if not hook or hook == 'null' then return false end
+  local raw = redis.call('HGET', job, 'webhook_events')
+  if not raw then return kind == 'completed' end
+  for _, name in ipairs(cjson.decode(raw)) do
+    if name == kind then return true end
+  end
+  return false
+end
+"""
+
 _MOVE = (
     lua_tables()
+    + _WANTS
     + """
 -- Move a job to status ``target`` if the table allows it from its stored status: set ``fields``
 -- (name, JSON value, ...), publish the table's event with ``data``, expire the job's keys after
--- ``ttl`` (if > 0), and, on a final status, take it off its tenant's count and queue its webhook.
+-- ``ttl`` (if > 0), on a final status take it off its tenant's count, and queue a webhook for the
+-- event when the request asked for it (``started``, or ``completed`` for a final status).
 -- Returns 1 when moved, 0 when the table refuses, -1 when there is no such job.
 local function move(job, events, result, tenant_jobs, outbox, job_id, target, data, ttl, fields)
   local raw = redis.call('HGET', job, 'status')
@@ -117,11 +156,9 @@ local function move(job, events, result, tenant_jobs, outbox, job_id, target, da
   if ttl > 0 then
     for _, key in ipairs({job, events, result}) do redis.call('EXPIRE', key, ttl) end
   end
-  if TERMINAL[target] then
-    redis.call('ZREM', tenant_jobs, job_id)
-    local hook = redis.call('HGET', job, 'webhook')
-    if hook and hook ~= 'null' then redis.call('XADD', outbox, '*', 'job', job_id, 'event', event) end
-  end
+  if TERMINAL[target] then redis.call('ZREM', tenant_jobs, job_id) end
+  local kind = TERMINAL[target] and 'completed' or (event == 'started' and 'started' or nil)
+  if kind and wants(job, kind) then redis.call('XADD', outbox, '*', 'job', job_id, 'event', event) end
   return 1
 end
 """
@@ -137,13 +174,18 @@ return move(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2], ARGV[
 )
 
 _ENQUEUE = """
--- KEYS: job, events, queue, tenant jobs.  ARGV: job id, ttl, event data, cap, now, field, value, ...
+-- KEYS: job, events, queue, tenant jobs, tenant history.  ARGV: job id, ttl, event data, cap, now, field, value, ...
 -- Returns the stream entry id, or false when the tenant has ``cap`` unfinished jobs already.
-local cap, now = tonumber(ARGV[4]), tonumber(ARGV[5])
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - tonumber(ARGV[2]))  -- expired without finishing
+-- A record lives at most 2 × ttl after its job was created (ttl to finish, then ttl after), so the
+-- history forgets entries older than that; younger ones whose record expired are dropped by readers.
+local cap, now, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - ttl)  -- expired without finishing
 if cap > 0 and redis.call('ZCARD', KEYS[4]) >= cap then return false end
 redis.call('ZADD', KEYS[4], now, ARGV[1])
-redis.call('EXPIRE', KEYS[4], tonumber(ARGV[2]))
+redis.call('EXPIRE', KEYS[4], ttl)
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - 2 * ttl)
+redis.call('ZADD', KEYS[5], now, ARGV[1])
+redis.call('EXPIRE', KEYS[5], 2 * ttl)
 for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 local mid = redis.call('XADD', KEYS[3], '*', 'job', ARGV[1])
 redis.call('HSET', KEYS[1], 'message_id', cjson.encode(mid))
@@ -177,6 +219,28 @@ return 'canceled'
 """
 )
 
+_PROGRESS = (
+    _WANTS
+    + """
+-- KEYS: job, events, outbox.  ARGV: job id, progress (JSON), now, webhook interval (seconds).
+-- Record the progress and publish its event; queue a ``progress`` webhook when the request asked for
+-- one and none was queued in the last ``interval`` seconds. Returns 1 when a cancel was requested.
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'progress', ARGV[2])
+redis.call('XADD', KEYS[2], '*', 'event', 'progress', 'data', ARGV[2])
+local now = tonumber(ARGV[3])
+if wants(KEYS[1], 'progress') then
+  local last = tonumber(redis.call('HGET', KEYS[1], 'webhook_progress_at') or '0')
+  if now - last >= tonumber(ARGV[4]) then
+    redis.call('HSET', KEYS[1], 'webhook_progress_at', ARGV[3])
+    redis.call('XADD', KEYS[3], '*', 'job', ARGV[1], 'event', 'progress')
+  end
+end
+if redis.call('HGET', KEYS[1], 'cancel_requested') == 'true' then return 1 end
+return 0
+"""
+)
+
 _RENEW = """
 -- KEYS: queue.  ARGV: group, message id, consumer.  Renews the lease only if the consumer still holds it.
 local entry = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
@@ -195,6 +259,37 @@ def _stream_id(value: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+def _cursor(score: float, member: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([score, member]).encode()).decode().rstrip("=")
+
+
+async def newest_first(
+    redis: Redis, index: str, cursor: str | None = None, chunk: int = 50
+) -> AsyncIterator[tuple[str, str]]:
+    """The members of sorted set ``index``, highest score first, each with the cursor that resumes after
+    it; ``cursor`` resumes after the member it was made for. ``ValueError`` for a cursor not made here."""
+    high: float | str = "+inf"
+    after: tuple[float, str] | None = None
+    if cursor:
+        try:
+            score, member = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+            after = (float(score), str(member))
+        except (ValueError, TypeError, binascii.Error):
+            raise ValueError("not a cursor this API made") from None
+        high = after[0]
+    start = 0
+    while True:
+        batch = await redis.zrevrangebyscore(index, high, "-inf", start=start, num=chunk, withscores=True)
+        if not batch:
+            return
+        start += len(batch)
+        for raw, score in batch:
+            member = _text(raw)
+            if after is not None and score == after[0] and member >= after[1]:
+                continue  # equal scores come in descending member order: these were before the cursor
+            yield member, _cursor(score, member)
+
+
 class JobQueue:
     """Jobs of one deployment: the API submits, reads and cancels; workers claim, run and finish."""
 
@@ -206,6 +301,7 @@ class JobQueue:
         self._enqueue = redis.register_script(_ENQUEUE)
         self._cancel = redis.register_script(_CANCEL)
         self._renew = redis.register_script(_RENEW)
+        self._progress = redis.register_script(_PROGRESS)
 
     @property
     def lease_ms(self) -> int:
@@ -250,7 +346,13 @@ class JobQueue:
         for name, value in fields.items():
             args += [name, value]
         k = self.keys
-        keys = [k.job(job.id), k.events(job.id), k.queue(job.model), k.tenant_jobs(job.tenant)]
+        keys = [
+            k.job(job.id),
+            k.events(job.id),
+            k.queue(job.model),
+            k.tenant_jobs(job.tenant),
+            k.tenant_history(job.tenant),
+        ]
         mid = await self._enqueue(keys=keys, args=args)
         if mid is None:
             raise TooManyJobs(f"tenant {job.tenant!r} already has {cap} unfinished jobs")
@@ -280,6 +382,73 @@ class JobQueue:
             return 1  # delivered and waiting to (re)start
         ahead = await self.redis.xrange(queue, min=f"({last}", max=job.message_id, count=self.settings.max_queue)
         return max(1, len(ahead))
+
+    async def positions(self, jobs: list[Job]) -> dict[str, int]:
+        """``position`` of each queued job among ``jobs``, reading each model's queue once."""
+        positions: dict[str, int] = {}
+        for model in {job.model for job in jobs if job.status == "queued" and job.message_id}:
+            queue = self.keys.queue(model)
+            try:
+                groups = await self.redis.xinfo_groups(queue)
+            except ResponseError:  # no such stream
+                continue
+            last = next((_text(g["last-delivered-id"]) for g in groups if _text(g["name"]) == GROUP), "0-0")
+            waiting = await self.redis.xrange(queue, min=f"({last}", count=self.settings.max_queue)
+            order = {_text(mid): n for n, (mid, _) in enumerate(waiting, 1)}
+            for job in jobs:
+                if job.model == model and job.status == "queued" and job.message_id:
+                    delivered = _stream_id(job.message_id) <= _stream_id(last)
+                    positions[job.id] = 1 if delivered else order.get(job.message_id, len(order) or 1)
+        return positions
+
+    async def history(
+        self,
+        tenant: str,
+        *,
+        statuses: set[str] | None = None,
+        kinds: set[str] | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+        scan: int = 1000,
+    ) -> tuple[list[Job], str | None]:
+        """A page of ``tenant``'s jobs, newest first, of the given statuses and kinds, and the cursor of the
+        next page (None at the end). At most ``scan`` entries are examined, so with filters a page may be
+        short while a cursor is still given. Entries whose job expired are dropped from the index."""
+        index = self.keys.tenant_history(tenant)
+        entries = newest_first(self.redis, index, cursor, chunk=min(max(2 * limit, 20), 200))
+        page: list[Job] = []
+        gone: list[str] = []
+        resume: str | None = None
+        examined, exhausted = 0, False
+        try:
+            while len(page) < limit and examined < scan and not exhausted:
+                batch: list[tuple[str, str]] = []
+                while len(batch) < limit - len(page) and examined < scan:  # no more than could fill the page
+                    entry = await anext(entries, None)
+                    if entry is None:
+                        exhausted = True
+                        break
+                    batch.append(entry)
+                    examined += 1
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for job_id, _ in batch:
+                        pipe.hgetall(self.keys.job(job_id))
+                    records = await pipe.execute() if batch else []
+                for (job_id, position), fields in zip(batch, records, strict=True):
+                    resume = position
+                    if not fields:
+                        gone.append(job_id)
+                        continue
+                    job = Job.from_hash(fields)
+                    if (statuses is None or job.status in statuses) and (kinds is None or job.kind in kinds):
+                        page.append(job)
+            if not exhausted and await anext(entries, None) is None:
+                exhausted = True  # nothing after the last one examined
+        finally:
+            await entries.aclose()
+        if gone:
+            await self.redis.zrem(index, *gone)
+        return page, None if exhausted else resume
 
     async def cancel(self, job_id: str) -> str | None:
         """Cancel a queued job now, or ask a running one to stop at its next step. Idempotent.
@@ -345,13 +514,11 @@ class JobQueue:
 
     async def progress(self, job_id: str, step: int, total: int, stage: str) -> bool:
         """Publish a progress event; returns whether the job's cancellation was requested."""
-        progress = {"step": step, "total": total, "stage": stage}
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hset(self.keys.job(job_id), "progress", json.dumps(progress))
-            pipe.xadd(self.keys.events(job_id), {"event": "progress", "data": json.dumps(progress)})
-            pipe.hget(self.keys.job(job_id), "cancel_requested")
-            *_, cancel = await pipe.execute()
-        return cancel == b"true"
+        progress = json.dumps({"step": step, "total": total, "stage": stage})
+        k = self.keys
+        keys = [k.job(job_id), k.events(job_id), k.webhooks]
+        args = [job_id, progress, time.time(), self.settings.webhook_progress_s]
+        return await self._progress(keys=keys, args=args) == 1
 
     async def publish(self, job_id: str, event: EventName, data: dict[str, Any]) -> None:
         """An informational event (e.g. ``cache_hit``) that changes nothing in the record."""

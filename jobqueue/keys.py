@@ -1,27 +1,29 @@
 """The Redis key layout: every key the API and the workers touch is named here and nowhere else.
 
-{p}:queue:{model}          stream of job ids for one model's workers (consumer group ``workers``)
-{p}:dead                   dead-letter stream: jobs that failed too many deliveries
-{p}:job:{id}               hash: the job record (``app.jobs.Job``)
-{p}:job:{id}:events        stream: the job's events, replayed to late SSE subscribers
-{p}:job:{id}:result        string: the output PNG
-{p}:inv:{id}               hash: a cached latent pair (safetensors bytes, checksum, metadata)
-{p}:inv:{id}:spec          string: what the inversion is of (JSON ``InversionSpec``), to recompute it
-{p}:inv:{id}:job           string: the id of the job now making the inversion
-{p}:cache:lru              sorted set: inversion id → last use (seconds)
-{p}:cache:sizes            hash: inversion id → bytes held
-{p}:blob:{sha256}          string: uploaded file bytes, content-addressed
-{p}:idem:{scope}:{key}     string: a stored response for an ``Idempotency-Key``
-{p}:model:{name}           string: JSON model info, written by the model's workers
-{p}:workers:{model}        sorted set: worker id → last heartbeat (seconds)
-{p}:worker:{id}            string: JSON worker info, expires unless renewed
-{p}:stats                  hash: service-wide counters for ``/metrics``
-{p}:histograms             hash: service-wide histogram samples for ``/metrics`` (``app.stats``)
-{p}:rate:{tenant}:{minute} counter for rate limiting
-{p}:tenant:{tenant}:jobs   sorted set: the tenant's unfinished job ids → created (seconds)
-{p}:webhooks               stream: outbox of terminal job events to deliver (consumer group ``webhooks``)
-{p}:webhooks:attempts      hash: outbox entry id → deliveries tried
-{p}:webhooks:retry         sorted set: outbox entry id → when to try it again (seconds)
+{p}:queue:{model}              stream of job ids for one model's workers (consumer group ``workers``)
+{p}:dead                       dead-letter stream: jobs that failed too many deliveries
+{p}:job:{id}                   hash: the job record (``app.jobs.Job``)
+{p}:job:{id}:events            stream: the job's events, replayed to late SSE subscribers
+{p}:job:{id}:result            string: the output PNG
+{p}:inv:{id}                   hash: a cached latent pair (safetensors bytes, checksum, metadata)
+{p}:inv:{id}:spec              string: what the inversion is of (JSON ``InversionSpec``), to recompute it
+{p}:inv:{id}:job               string: the id of the job now making the inversion
+{p}:cache:lru                  sorted set: inversion id → last use (seconds)
+{p}:cache:sizes                hash: inversion id → bytes held
+{p}:blob:{sha256}              string: uploaded file bytes, content-addressed
+{p}:idem:{scope}:{key}         string: a stored response for an ``Idempotency-Key``
+{p}:model:{name}               string: JSON model info, written by the model's workers
+{p}:workers:{model}            sorted set: worker id → last heartbeat (seconds)
+{p}:worker:{id}                string: JSON worker info, expires unless renewed
+{p}:stats                      hash: service-wide counters for ``/metrics``
+{p}:histograms                 hash: service-wide histogram samples for ``/metrics`` (``app.stats``)
+{p}:rate:{tenant}:{minute}     counter for rate limiting
+{p}:tenant:{tenant}:jobs       sorted set: the tenant's unfinished job ids → created (seconds)
+{p}:tenant:{tenant}:history    sorted set: the tenant's job ids → created (seconds): ``GET /v1/jobs``
+{p}:tenant:{tenant}:inversions sorted set: the tenant's inversion ids → first stored (seconds): ``GET /v1/inversions``
+{p}:webhooks                   stream: outbox of the job events webhooks asked for (consumer group ``webhooks``)
+{p}:webhooks:attempts          hash: outbox entry id → deliveries tried
+{p}:webhooks:retry             sorted set: outbox entry id → when to try it again (seconds)
 """
 
 from __future__ import annotations
@@ -101,6 +103,12 @@ class Keys:
 
     def tenant_jobs(self, tenant: str) -> str:
         return f"{self.prefix}:tenant:{tenant}:jobs"
+
+    def tenant_history(self, tenant: str) -> str:
+        return f"{self.prefix}:tenant:{tenant}:history"
+
+    def tenant_inversions(self, tenant: str) -> str:
+        return f"{self.prefix}:tenant:{tenant}:inversions"
 
     @property
     def webhooks(self) -> str:

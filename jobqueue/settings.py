@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     """Unfinished (queued or running) jobs one tenant may have; more get 429 ``rate_limited``. 0: no cap."""
     job_timeout_s: float = 900.0
     """A job running longer than this fails with ``job_timeout`` (enforced by the worker); 0: no limit."""
+    max_wait_s: float = 60.0
+    """The longest ``Prefer: wait=N`` a POST honours (RFC 7240): it answers 200 with the finished job, or 202
+    when this (or N, if less) runs out first. 0 turns waiting off."""
+    cors_origins: str = ""
+    """Comma-separated origins that browsers may call the API from (CORS), or ``*``; empty: CORS is off."""
 
     # Retention.
     job_ttl_s: int = 24 * 3600
@@ -68,10 +73,18 @@ class Settings(BaseSettings):
     """A running job whose worker has not renewed its lease for this long is reclaimed."""
     max_deliveries: int = 3
     """A job delivered this many times without finishing goes to the dead-letter stream."""
-    worker_threads: int = 1
-    """torch CPU threads per worker (0: torch's default). Part of the numerics fingerprint, so workers
-    with equal settings reproduce each other's bits on any CPU; one thread also avoids oversubscribing
-    a machine that runs several workers (scale with processes)."""
+    batch_size: int | None = None
+    """The most jobs a worker runs side by side, and the widest batch layout it opens (unset: chosen from
+    the device, ``bdia.workers.worker.default_batch_size``)."""
+    batch_policy: Literal["adaptive", "fixed"] = "adaptive"
+    """``adaptive``: each job's batch layout is chosen when it is admitted, from the demand then (a lone
+    job runs at batch size 1, a busy worker fills wide batches up to ``batch_size``); ``fixed``: every
+    job runs at ``batch_size``."""
+    worker_threads: int | None = None
+    """torch CPU threads per worker (0: torch's default; unset: chosen from the device and the cores,
+    ``bdia.workers.worker.default_threads``). Part of the numerics fingerprint: workers that should
+    reproduce each other's bits need equal thread counts, so set it explicitly for a fleet of CPU
+    workers on machines with different core counts."""
     worker_block_s: float = 1.0
     """How long one blocking read of the queue waits before the worker looks around again."""
     reconnect_max_s: float = 30.0
@@ -88,6 +101,8 @@ class Settings(BaseSettings):
     """Wait before the second delivery; it doubles for each further attempt, up to 10 minutes."""
     webhook_timeout_s: float = 10.0
     """How long a receiver may take to answer one delivery."""
+    webhook_progress_s: float = 5.0
+    """A job whose request asked for ``progress`` webhooks gets at most one every this many seconds."""
     api_webhooks: bool = True
     """The API process also runs a webhook dispatcher (any number may run: they share the outbox)."""
 

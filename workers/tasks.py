@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import bdia
 from bdia import imaging
@@ -71,17 +71,88 @@ def run_task(
     return drive(model, task_job(model, task, gamma_bound=gamma_bound), callback=callback, cancel=cancel)
 
 
-def preferred_layout(task: Task, batch_size: int) -> Layout | None:
-    """The layout that reproduces the bits of the task's cached inversion (None when any layout will do).
+def preferred_layout(task: Task) -> Layout | None:
+    """The layout the task's cached inversion recorded (None when there is none to reproduce).
 
-    A reconstruction needs the inversion's own layout to be bit-exact; other work prefers it too
-    (so that ``fingerprint_match`` holds) but only within the worker's batch size.
+    A reconstruction must run in it to be bit-exact, whatever the worker's policy would choose; other
+    work prefers it (so that ``fingerprint_match`` holds) where the policy's choice allows (``place``).
     """
     inversion = _cached(task)
-    layout = None if inversion is None else Layout.of(inversion.fingerprint)
-    if layout is None or (task.kind != "reconstruct" and layout.batch_size != batch_size):
-        return None
-    return layout
+    return None if inversion is None else Layout.of(inversion.fingerprint)
+
+
+class Seat(NamedTuple):
+    """A job a worker is running, as ``place`` sees it."""
+
+    layout: Layout
+    movable: bool = False
+    """Placed by the policy (not pinned) and young enough to be restarted in another layout."""
+
+
+def widths(batch_size: int) -> list[int]:
+    """The batch sizes an adaptive worker opens: powers of two below ``batch_size``, and ``batch_size``."""
+    sizes = [1]
+    while sizes[-1] * 2 < batch_size:
+        sizes.append(sizes[-1] * 2)
+    return sizes + ([batch_size] if batch_size > 1 else [])
+
+
+def place(
+    seats: Mapping[str, Seat],
+    *,
+    batch_size: int,
+    demand: int = 1,
+    policy: str = "adaptive",
+    preferred: Layout | None = None,
+) -> tuple[Layout, dict[str, Layout]]:
+    """Where a newly admitted job runs, and which running jobs move with it (docs/benchmarks.md).
+
+    ``seats`` are the jobs running now, ``demand`` the jobs that want to run (running, this one and
+    those queued), ``batch_size`` the widest layout; returns the new job's layout and the new layouts
+    of the young jobs to restart.
+
+    ``fixed``: every job at ``batch_size``, in ``preferred``'s slot when it is free, else the lowest
+    free slot. ``adaptive``, first rule that applies:
+
+    1. A free slot of a batch that is running: it is padding now, so filling it costs nothing.
+    2. A new batch as wide as the demand (the next width of ``widths`` at or above it). Running
+       batches narrower than it whose jobs are all movable are restarted in it, so that a burst that
+       arrives one job at a time still ends up in one network call (a lone job runs at batch size 1).
+
+    A job keeps its slot of ``preferred`` when the width chosen is its batch size and the slot is free.
+    """
+    taken: dict[int, set[int]] = {}
+    for seat in seats.values():
+        taken.setdefault(seat.layout.batch_size, set()).add(seat.layout.slot)
+
+    def free(width: int) -> list[int]:
+        return [s for s in range(width) if s not in taken.get(width, ())]
+
+    def seat_in(width: int, slots: list[int]) -> Layout:
+        if preferred is not None and preferred.batch_size == width and preferred.slot in slots:
+            return Layout(width, preferred.slot)
+        return Layout(width, slots[0] if slots else 0)
+
+    if policy == "fixed":
+        return seat_in(batch_size, free(batch_size)), {}
+    if policy != "adaptive":
+        raise ValueError(f"unknown batch policy {policy!r}")
+    running = sorted((w for w in taken if free(w)), reverse=True)
+    if preferred is not None and preferred.batch_size in running and preferred.slot in free(preferred.batch_size):
+        return preferred, {}
+    if running:
+        return seat_in(running[0], free(running[0])), {}
+    width = next((w for w in widths(batch_size) if w >= demand), batch_size)
+    layout = seat_in(width, list(range(width)))
+    moves: dict[str, Layout] = {}
+    slots = [s for s in range(width) if s != layout.slot]
+    for narrower in sorted((w for w in taken if w < width), reverse=True):
+        group = [job for job, seat in seats.items() if seat.layout.batch_size == narrower]
+        if len(group) > len(slots) or not all(seats[job].movable for job in group):
+            continue
+        for job in sorted(group, key=lambda j: seats[j].layout.slot):
+            moves[job] = Layout(width, slots.pop(0))
+    return layout, moves
 
 
 def task_job(model: bdia.DiffusionModel, task: Task, *, gamma_bound: float) -> Job[Outcome]:
@@ -123,6 +194,7 @@ def task_job(model: bdia.DiffusionModel, task: Task, *, gamma_bound: float) -> J
         negative_prompt=edit.negative_prompt,
         gamma=edit.edit_gamma,
         mask=task.mask,
+        image_size=imaging.load_image(task.image).size if task.mask is not None and task.image is not None else None,
         layout=task.layout,
     )
     picture = regeneration.image

@@ -1,13 +1,19 @@
 """The worker: load one model, then claim, run and finish that model's jobs until told to stop.
 
-    bdia worker [--model NAME] [--redis-url URL] [--threads N] [--batch-size B]
+    bdia worker [--model NAME] [--redis-url URL] [--threads N] [--batch-size B] [--batch-policy P]
 
 Continuous batching: a worker keeps up to B jobs active (``--batch-size``, ``$BDIA_BATCH_SIZE``;
-default 8 on CUDA, 4 on CPU) and advances them together, one shared network call per step
-(``bdia.batching``). Jobs join and leave between steps: a finished job's place is refilled from
-the queue before the next step. Each job keeps one numerics layout, slot ``s`` of ``B``, for its
-whole life, and its fingerprints record it, so batching never costs exactness; a job on a cached
-inversion takes that inversion's slot when it can (a reconstruction always does).
+default from the device: ``default_batch_size``) and advances them together, one network call per
+batch layout per step (``bdia.batching``). Jobs join and leave between steps: a finished job's place
+is refilled from the queue before the next step.
+
+Each job keeps one numerics layout, slot ``s`` of a batch of ``b`` ≤ B, for its whole life, and its
+fingerprints record it, so batching never costs exactness. The layout is chosen when the job is
+admitted (``bdia.workers.tasks.place``): with the ``adaptive`` policy (the default) from the demand
+then — a lone job runs at batch size 1, a busy worker fills wide batches, and a job still in the
+first quarter of its first stage may restart from scratch in a wider batch that a burst opens —;
+with ``fixed``, always at B. A reconstruction runs in its inversion's layout, whatever the policy;
+an edit of a cached inversion takes that inversion's slot when the policy's choice allows.
 
 A worker holds a lease on each job it runs (renewed every ``lease_s / 3``) and registers its model
 and a heartbeat so that ``/readyz`` and ``GET /v1/models`` see it. Jobs whose worker died are
@@ -47,14 +53,37 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bdia.worker")
 
-BATCH_SIZE_ENV = "BDIA_BATCH_SIZE"
+REGROUP_SHARE = 4
+"""A job placed by the adaptive policy may be restarted in a wider batch (``bdia.workers.tasks.place``)
+until it has run 1/``REGROUP_SHARE`` of its first stage's evaluations (and at least 2): the most a
+burst's first job loses, while the call it saves would cost as much for the rest of its life."""
 
 
-def default_batch_size(device_type: str) -> int:
-    """``$BDIA_BATCH_SIZE``, else 8 on CUDA (a batch of 8 costs ~1.2× a batch of 1) and 4 on CPU."""
-    if os.environ.get(BATCH_SIZE_ENV):
-        return int(os.environ[BATCH_SIZE_ENV])
+def usable_cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_batch_size(device_type: str, cores: int | None = None) -> int:
+    """The widest batch when ``BDIA_BATCH_SIZE`` is unset (docs/operations.md, measured in docs/benchmarks.md).
+
+    CUDA: 8 (a batch of 8 costs ~1.2× a batch of 1 on an H200). CPU: 4, for the network's cost there
+    grows with the rows of a call; a wider batch only adds padding a busy 2-core worker rarely fills.
+    """
     return 8 if device_type == "cuda" else 4
+
+
+def default_threads(device_type: str, cores: int | None = None) -> int:
+    """torch CPU threads when ``BDIA_WORKER_THREADS`` is unset (docs/operations.md).
+
+    CUDA: 1 (the network runs on the GPU). CPU: every usable core, up to 8.
+    """
+    if device_type == "cuda":
+        return 1
+    return max(1, min(8, cores or usable_cores()))
 
 
 @dataclass
@@ -64,7 +93,14 @@ class Running:
     job: Job
     delivery: Delivery
     lane: Lane
-    layout: Layout
+    task: Any
+    """Its ``bdia.workers.tasks.Task``, whose ``layout`` is where it runs."""
+    movable: bool = False
+    """Placed by the adaptive policy (not pinned to a recorded layout): it may be restarted in a wider batch."""
+    discarded: int = 0
+    """Network evaluations of earlier lanes of this job, restarted in another layout."""
+    published: int = 0
+    """The lane evaluations its latest progress event counted (a restarted lane stays quiet until past it)."""
     canceled: bool = False
     abandon: str | None = None
     """Set when the worker must give the job up rather than cancel it: ``shutdown`` or ``lease lost``."""
@@ -72,9 +108,23 @@ class Running:
     timed_out: bool = False
 
     @property
+    def layout(self) -> Layout:
+        return self.task.layout
+
+    @property
     def steps(self) -> int:
-        """Steps run so far: the NFE a job stopped early has spent."""
-        return self.lane.evaluations
+        """Steps run so far: the NFE a job stopped early has spent (restarted lanes included)."""
+        return self.discarded + self.lane.evaluations
+
+    @property
+    def seat(self) -> Any:
+        """Its ``bdia.workers.tasks.Seat``: where it runs, and whether it may still move."""
+        from .tasks import Seat
+
+        request = self.lane.request
+        budget = max(2, request.progress.total // REGROUP_SHARE) if request is not None else 2
+        young = self.steps < budget and self.lane.live
+        return Seat(self.layout, self.movable and young and not self.canceled and self.abandon is None)
 
     def cancel_requested(self) -> None:
         self.canceled = True
@@ -144,7 +194,13 @@ class Backoff:
 
 
 class Worker:
-    """Runs the jobs queued for one loaded model, up to ``batch_size`` of them side by side."""
+    """Runs the jobs queued for one loaded model, up to ``batch_size`` of them side by side.
+
+    ``batch_size`` (else ``settings.batch_size``, else ``default_batch_size``) is the most jobs it runs
+    at once and the widest layout it opens; ``policy`` (else ``settings.batch_policy``) how it lays them
+    out: ``adaptive`` chooses each job's width from the demand when it is admitted, ``fixed`` gives
+    every job ``batch_size``.
+    """
 
     def __init__(
         self,
@@ -154,13 +210,17 @@ class Worker:
         model_name: str | None = None,
         name: str | None = None,
         batch_size: int | None = None,
+        policy: str | None = None,
     ) -> None:
         self.settings = settings
         self.model = model
         self.model_name = model_name or model.name
-        self.batch_size = batch_size or default_batch_size(model.device.type)
+        self.batch_size = batch_size or settings.batch_size or default_batch_size(model.device.type)
         if self.batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+        self.policy = policy or settings.batch_policy
+        if self.policy not in ("adaptive", "fixed"):
+            raise ValueError(f"batch policy must be adaptive or fixed, got {self.policy!r}")
         self.id = name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.keys = Keys(settings.key_prefix)
         self.redis = Redis.from_url(settings.redis_url)
@@ -193,10 +253,11 @@ class Worker:
                 await pause.wait(f"Redis unreachable at start ({exc})")
         heartbeat = asyncio.create_task(self._heartbeats())
         log.info(
-            "worker %s serving %s (batch size %d, lease %.1fs)",
+            "worker %s serving %s (batch size %d, %s layouts, lease %.1fs)",
             self.id,
             self.model_name,
             self.batch_size,
+            self.policy,
             self.settings.lease_s,
         )
         try:
@@ -257,8 +318,10 @@ class Worker:
         except bdia.BdiaError as exc:
             await self._conclude(job, delivery, Verdict("fail", {"code": exc.code, "detail": str(exc)}), nfe=0)
             return
+        task, movable = await self._place(job, task)
         lane = Lane(task_job(self.model, task, gamma_bound=self.settings.gamma_bound))
-        running = self.active[job.id] = Running(job, delivery, lane, task.layout, canceled=job.cancel_requested)
+        running = Running(job, delivery, lane, task, movable=movable, canceled=job.cancel_requested)
+        self.active[job.id] = running
         log.info(
             "job %s (%s) started in slot %d/%d, delivery %d",
             job.id,
@@ -269,17 +332,15 @@ class Worker:
         )
 
     async def _task(self, job: Job) -> Any:
-        """Gather the job's inputs from Redis and place it in the batch."""
-        from bdia.batching import Layout
-
-        from .tasks import InputsGone, Task, preferred_layout
+        """Gather the job's inputs from Redis (its layout is chosen by ``_place``)."""
+        from .tasks import InputsGone, Task
 
         spec = await self.cache.spec(job.inversion_id)
         if spec is None:
             raise InputsGone(f"inversion {job.inversion_id} has expired: submit the image again")
         cached = await self.cache.get(job.inversion_id)
         image = None
-        if cached is None or job.kind == "reconstruct":
+        if cached is None or job.kind == "reconstruct" or job.inputs.get("mask_sha256"):  # a mask needs its size
             image = await self.cache.blob(spec.image_sha256)
         if cached is not None:
             await self.queue.publish(job.id, "cache_hit", {"inversion_id": job.inversion_id})
@@ -290,12 +351,34 @@ class Worker:
         mask = await self.cache.blob(mask_sha) if mask_sha else None
         if mask_sha and mask is None:
             raise InputsGone("the mask upload has expired: submit the edit again")
-        task = Task(job.kind, spec, job.params, image=image, cached=cached.data if cached else None, mask=mask)
-        taken = {r.layout.slot for r in self.active.values() if r.layout.batch_size == self.batch_size}
-        layout = preferred_layout(task, self.batch_size)
-        if layout is None or (job.kind != "reconstruct" and layout.slot in taken):
-            layout = Layout(self.batch_size, min(set(range(self.batch_size)) - taken))
-        return dataclasses.replace(task, layout=layout)
+        return Task(job.kind, spec, job.params, image=image, cached=cached.data if cached else None, mask=mask)
+
+    async def _place(self, job: Job, task: Any) -> tuple[Any, bool]:
+        """The task in its layout, and whether the policy chose it freely (so it may move later).
+
+        A reconstruction runs in its inversion's layout, whatever the policy; everything else goes
+        where ``bdia.workers.tasks.place`` puts it, and the young jobs it moves are restarted there.
+        """
+        from bdia.batching import Lane
+
+        from .tasks import place, preferred_layout, task_job
+
+        preferred = preferred_layout(task)
+        if job.kind == "reconstruct" and preferred is not None:
+            return dataclasses.replace(task, layout=preferred), False
+        seats = {job_id: running.seat for job_id, running in self.active.items()}
+        demand = len(self.active) + 1
+        if self.policy == "adaptive":
+            demand += await self.queue.depth(self.model_name)
+        layout, moves = place(seats, batch_size=self.batch_size, demand=demand, policy=self.policy, preferred=preferred)
+        for job_id, moved in moves.items():
+            running = self.active[job_id]
+            running.lane.close()
+            running.discarded += running.lane.evaluations
+            running.task = dataclasses.replace(running.task, layout=moved)
+            running.lane = Lane(task_job(self.model, running.task, gamma_bound=self.settings.gamma_bound))
+            log.info("job %s restarted in slot %d/%d", job_id, moved.slot, moved.batch_size)
+        return dataclasses.replace(task, layout=layout), self.policy == "adaptive" and layout != preferred
 
     # --- one step of every active job -----------------------------------------------------------
 
@@ -306,9 +389,11 @@ class Worker:
         live = [r for r in self.active.values() if r.lane.live and not r.canceled and r.abandon is None]
         if not live:
             return
-        before = {r.job.id: r.lane.evaluations for r in live}
         await asyncio.to_thread(advance, self.model, [r.lane for r in live])
-        stepped = [r for r in live if r.lane.evaluations > before[r.job.id]]
+        # A restarted job publishes again once it is past the progress it had published before.
+        stepped = [r for r in live if r.lane.evaluations > r.published]
+        for running in stepped:
+            running.published = running.lane.evaluations
         flags = await asyncio.gather(
             *(self.queue.progress(r.job.id, p.step, p.total, p.stage) for r in stepped if (p := r.lane.progress))
         )
@@ -404,6 +489,7 @@ class Worker:
             "pid": os.getpid(),
             "jobs_done": self.jobs_done,
             "batch_size": self.batch_size,
+            "batch_policy": self.policy,
             "running": list(self.active),
         }
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -444,33 +530,49 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="the model to load and serve (default: $BDIA_MODEL)")
     parser.add_argument("--redis-url", help="default: $BDIA_REDIS_URL")
     parser.add_argument("--device", help="torch device (default: CUDA when available)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: $BDIA_WORKER_THREADS)")
     parser.add_argument(
-        "--batch-size", type=int, help=f"jobs run side by side (default: ${BATCH_SIZE_ENV}, else 8 on CUDA, 4 on CPU)"
+        "--threads", type=int, help="torch CPU threads (default: $BDIA_WORKER_THREADS, else from the device)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        help="most jobs run side by side, widest batch layout (default: $BDIA_BATCH_SIZE, else from the device)",
+    )
+    parser.add_argument(
+        "--batch-policy",
+        choices=("adaptive", "fixed"),
+        help="adaptive: each job's batch size from the demand when it starts; fixed: always --batch-size "
+        "(default: $BDIA_BATCH_POLICY, else adaptive)",
     )
     parser.add_argument("--name", help="worker id (default: host-pid-random)")
     parser.add_argument("--log-level", default=os.environ.get("BDIA_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
-    overrides = {
-        k: v
-        for k, v in {"model": args.model, "redis_url": args.redis_url, "worker_threads": args.threads}.items()
-        if v is not None
+    given = {
+        "model": args.model,
+        "redis_url": args.redis_url,
+        "worker_threads": args.threads,
+        "batch_size": args.batch_size,
+        "batch_policy": args.batch_policy,
     }
+    overrides = {k: v for k, v in given.items() if v is not None}
     settings = Settings(**overrides, log_level=args.log_level)
     configure_logging(settings)
     import torch
 
     import bdia
 
-    if settings.worker_threads > 0:
-        torch.set_num_threads(settings.worker_threads)
     try:
         model = bdia.load_model(settings.model, device=args.device)
     except bdia.BdiaError as exc:
         print(f"bdia worker: {exc}", file=sys.stderr)
         return 2
+    threads = settings.worker_threads
+    if threads is None:
+        threads = default_threads(model.device.type)
+    if threads > 0:
+        torch.set_num_threads(threads)
     bdia.configure_determinism(model)
-    worker = Worker(settings, model, model_name=settings.model, name=args.name, batch_size=args.batch_size)
+    worker = Worker(settings, model, model_name=settings.model, name=args.name)
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()

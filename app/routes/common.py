@@ -1,38 +1,74 @@
-"""What several routes share: queueing a job, and showing jobs and inversions."""
+"""What several routes share: queueing a job, waiting for it, and showing jobs and inversions."""
 
 from __future__ import annotations
 
+import json
+import time
 from typing import Any
 
 from fastapi.responses import JSONResponse
 
 from bdia.jobqueue.cache import CachedInversion, InversionSpec
-from bdia.jobqueue.jobs import Job, TooManyJobs
+from bdia.jobqueue.jobs import TERMINAL, Job, TooManyJobs, newest_first
+from bdia.wire import moment
 
-from ..deps import Services
-from ..problems import MEDIA_TYPE, Problem, not_found
-from ..schemas import InversionOut, JobOut, ProblemOut, iso
+from ..deps import LONGEST_BLOCK_S, Services
+from ..idempotency import REPLAYED
+from ..problems import Problem, not_found
+from ..schemas import InversionOut, JobOut, to_json
 
-PROBLEMS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ProblemOut, "content": {MEDIA_TYPE: {}}, "description": text}
-    for status, text in {
-        401: "Unauthorized",
-        404: "Not found",
-        409: "Conflict",
-        413: "Too large",
-        415: "Unsupported media type",
-        422: "Invalid request (with an `errors` list)",
-        429: "Rate limited",
-        503: "Queue full or unavailable",
-    }.items()
+JOB_HEADERS: dict[str, Any] = {
+    **REPLAYED,
+    "Location": {"description": "the job's URL (202 only)", "schema": {"type": "string"}},
+    "Preference-Applied": {
+        "description": "`wait=N` when the request's `Prefer: wait` was honoured (N: the seconds granted)",
+        "schema": {"type": "string"},
+    },
 }
-"""The OpenAPI ``responses`` entry documenting problem+json errors."""
+"""The OpenAPI ``headers`` of a response to a submission."""
 
 
-async def job_response(services: Services, job: Job, status: int = 200) -> JSONResponse:
+def job_body(job: Job, position: int | None = None) -> dict[str, Any]:
+    return to_json(JobOut.from_job(job, position))
+
+
+async def job_response(
+    services: Services, job: Job, status: int = 200, headers: dict[str, str] | None = None
+) -> JSONResponse:
     position = await services.queue.position(job)
-    headers = {"Location": f"/v1/jobs/{job.id}"} if status == 202 else None
-    return JSONResponse(JobOut.from_job(job, position).model_dump(mode="json"), status, headers=headers)
+    headers = dict(headers or {})
+    if status == 202:
+        headers["Location"] = f"/v1/jobs/{job.id}"
+    return JSONResponse(job_body(job, position), status, headers=headers or None)
+
+
+async def submitted(services: Services, job: Job, wait_s: float) -> JSONResponse:
+    """The answer to a submission: 202 with the job, or, when the request asked to wait (``Prefer:
+    wait``), 200 with the job once it has finished, if that happens within ``wait_s``."""
+    if wait_s <= 0:
+        return await job_response(services, job, 202)
+    applied = {"Preference-Applied": f"wait={wait_s:g}"}
+    finished = await wait_for(services, job.id, wait_s)
+    if finished is not None:
+        return await job_response(services, finished, 200, applied)
+    return await job_response(services, await services.queue.get(job.id) or job, 202, applied)
+
+
+async def wait_for(services: Services, job_id: str, wait_s: float) -> Job | None:
+    """The job once it has finished, following its events for at most ``wait_s``; None if it has not."""
+    deadline = time.monotonic() + wait_s
+    cursor, block = "0-0", None  # first: every past event, without blocking
+    while True:
+        events = await services.queue.events(job_id, cursor, block_ms=block)
+        if any(event.event in TERMINAL for event in events):
+            job = await services.queue.get(job_id)
+            return job if job is not None and job.done else None
+        if events:
+            cursor = events[-1].id
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        block = max(1, int(min(remaining, LONGEST_BLOCK_S) * 1000))
 
 
 async def enqueue(services: Services, job: Job) -> Job:
@@ -66,13 +102,17 @@ async def owned_spec(services: Services, inversion_id: str, tenant: str) -> Inve
     return spec if spec is not None and spec.tenant == tenant else None
 
 
+READY_ONLY = ("fingerprint", "fingerprint_id", "latent_std", "level", "nfe", "size_bytes", "created_at", "expires_at")
+"""The fields of an inversion that only a ready one has."""
+
+
 def inversion_urls(inversion_id: str) -> dict[str, str]:
     base = f"/v1/inversions/{inversion_id}"
     return {"get": base, "latents": f"{base}/latents"}
 
 
-def ready_inversion(entry: CachedInversion) -> InversionOut:
-    meta = entry.meta
+def ready_inversion(meta: dict[str, Any], expires_at: float) -> InversionOut:
+    """An inversion in the cache, from its entry's metadata."""
     return InversionOut(
         inversion_id=meta["inversion_id"],
         status="ready",
@@ -86,10 +126,15 @@ def ready_inversion(entry: CachedInversion) -> InversionOut:
         level=meta.get("level"),
         nfe=meta.get("nfe"),
         size_bytes=meta.get("size"),
-        created_at=iso(meta.get("created_at")),
-        expires_at=iso(entry.expires_at),
+        created_at=moment(meta.get("created_at")),
+        expires_at=moment(expires_at),
+        job_id=None,
         urls=inversion_urls(meta["inversion_id"]),
     )
+
+
+def cached_inversion(entry: CachedInversion) -> InversionOut:
+    return ready_inversion(entry.meta, entry.expires_at)
 
 
 def pending_inversion(spec: InversionSpec, job_id: str) -> InversionOut:
@@ -100,6 +145,7 @@ def pending_inversion(spec: InversionSpec, job_id: str) -> InversionOut:
         prompt=spec.prompt,
         params=spec.params,
         image_sha256=spec.image_sha256,
+        **dict.fromkeys(READY_ONLY),  # null while pending
         job_id=job_id,
         urls={**inversion_urls(spec.inversion_id), "job": f"/v1/jobs/{job_id}"},
     )
@@ -120,3 +166,53 @@ async def usable_spec(services: Services, inversion_id: str, tenant: str) -> Inv
         if await redis.exists(keys.inversion(inversion_id), keys.blob(spec.image_sha256)):
             return spec
     raise Problem(404, "not_found", f"inversion {inversion_id!r} does not exist (or has expired)")
+
+
+async def inversion_page(
+    services: Services, tenant: str, statuses: set[str] | None, limit: int, cursor: str | None, scan: int = 1000
+) -> tuple[list[InversionOut], str | None]:
+    """A page of ``tenant``'s inversions, newest first, ready or pending (those ``GET /v1/inversions/{id}``
+    shows), and the cursor of the next page. Entries whose spec expired are dropped from the index; the
+    entries' bytes are not read, only their metadata."""
+    keys, redis = services.keys, services.redis
+    index = keys.tenant_inversions(tenant)
+    entries = newest_first(redis, index, cursor, chunk=min(max(2 * limit, 20), 200))
+    page: list[InversionOut] = []
+    gone: list[str] = []
+    resume: str | None = None
+    examined, exhausted = 0, False
+    try:
+        while len(page) < limit and examined < scan:
+            entry = await anext(entries, None)
+            if entry is None:
+                exhausted = True
+                break
+            inversion_id, resume = entry
+            examined += 1
+            async with redis.pipeline(transaction=False) as pipe:
+                pipe.get(keys.inversion_spec(inversion_id))
+                pipe.hget(keys.inversion(inversion_id), "meta")
+                pipe.ttl(keys.inversion(inversion_id))
+                raw_spec, meta, ttl = await pipe.execute()
+            if raw_spec is None:
+                gone.append(inversion_id)
+                continue
+            spec = InversionSpec.model_validate_json(raw_spec)
+            if spec.tenant != tenant:
+                continue
+            if meta is not None:
+                shown = ready_inversion(json.loads(meta), time.time() + max(int(ttl), 0))
+            else:
+                job = await pending_job(services, inversion_id)
+                if job is None:
+                    continue  # neither cached nor being made: GET /v1/inversions/{id} does not show it either
+                shown = pending_inversion(spec, job.id)
+            if statuses is None or shown.status in statuses:
+                page.append(shown)
+        if not exhausted and await anext(entries, None) is None:
+            exhausted = True
+    finally:
+        await entries.aclose()
+    if gone:
+        await redis.zrem(index, *gone)
+    return page, None if exhausted else resume

@@ -1,90 +1,144 @@
-"""``/v1/edits`` and ``/v1/reconstructions``: regenerate an inversion with a new prompt, or the source one."""
+"""``/v1/edits``, ``/v1/edits/upload`` and ``/v1/reconstructions``: regenerate an inversion with a new prompt,
+or the source one.
+
+``POST /v1/edits`` takes JSON and ``POST /v1/edits/upload`` a form with the image; OpenAPI describes each
+with one media type, as generators need. ``POST /v1/edits`` with a form body is still accepted (it is
+answered by ``/v1/edits/upload``: ``FormsToUpload``), as it was before the split.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bdia.jobqueue.jobs import Job
 
-from ..auth import tenant_of
+from ..auth import SECURITY, tenant_of
 from ..deps import ServicesDep
-from ..idempotency import idempotent
+from ..idempotency import IdempotencyKey, idempotent
 from ..limits import rate_limit
-from ..parsing import Body, check_guidance, check_prompt, image_field, inversion_spec, parse, read_body
-from ..schemas import EditFormIn, EditIn, JobOut, ReconstructionIn
+from ..parsing import (
+    FORM_LIMITS,
+    FORM_MEDIA_TYPES,
+    PreferHeader,
+    check_guidance,
+    check_prompt,
+    fingerprint,
+    inversion_spec,
+    read_image,
+    require_form,
+    require_json,
+    wait_seconds,
+)
+from ..problems import responses
+from ..schemas import EditForm, EditIn, JobOut, ReconstructionIn
 from ..webhooks import check_webhook
-from .common import PROBLEMS, enqueue, job_response, usable_spec
+from .common import JOB_HEADERS, enqueue, submitted, usable_spec
 
-router = APIRouter(prefix="/v1", tags=["edits"])
+router = APIRouter(prefix="/v1", tags=["edits"], dependencies=SECURITY, form_limits=FORM_LIMITS)
 
-EDIT_DOC = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": EditIn.model_json_schema()},
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["image", "prompt"],
-                    "properties": {
-                        "image": {"type": "string", "format": "binary", "description": "PNG, JPEG or WebP"},
-                        "mask": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "white = may change; elsewhere the result keeps the source exactly",
-                        },
-                        **EditFormIn.model_json_schema()["properties"],
-                    },
-                }
-            },
-        },
-    }
+EDITS, UPLOAD = "/v1/edits", "/v1/edits/upload"
+SUBMITTED: dict[int | str, dict[str, Any]] = {
+    200: {"model": JobOut, "description": "With `Prefer: wait`: the job, finished", "headers": JOB_HEADERS},
+    202: {"model": JobOut, "description": "The job, queued", "headers": JOB_HEADERS},
 }
+
+
+class FormsToUpload:
+    """ASGI middleware: a form POSTed to ``/v1/edits`` (the one path of both kinds before the split) is
+    answered by ``/v1/edits/upload``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == EDITS:
+            kind = dict(scope["headers"]).get(b"content-type", b"").split(b";")[0].strip().lower()
+            if kind.decode("latin-1") in FORM_MEDIA_TYPES:  # in place: outer middleware sees the route too
+                scope["path"], scope["raw_path"] = UPLOAD, UPLOAD.encode()
+        await self.app(scope, receive, send)
 
 
 @router.post(
     "/edits",
     status_code=202,
-    dependencies=[Depends(rate_limit)],
-    responses={202: {"model": JobOut}, **PROBLEMS},
-    openapi_extra=EDIT_DOC,
+    dependencies=[Depends(require_json), Depends(rate_limit)],
+    responses={**SUBMITTED, **responses(400, 401, 404, 409, 413, 415, 422, 429, 503)},
 )
-async def create_edit(request: Request, services: ServicesDep) -> Response:
-    """Edit: JSON naming a cached inversion, or multipart with the image (inverted or reused in one go)."""
+async def create_edit(
+    request: Request,
+    services: ServicesDep,
+    edit: EditIn,
+    idempotency_key: IdempotencyKey = None,
+    prefer: PreferHeader = None,
+) -> Response:
+    """Edit a cached inversion (or one whose upload is still stored) with a new prompt: 202 with the job
+    (or, with `Prefer: wait=N`, 200 with it once finished). To send the image itself: `/v1/edits/upload`."""
     settings, tenant = services.settings, tenant_of(request)
-    body = await read_body(request, settings, allow_json=True)
 
     async def respond() -> Response:
-        if not body.is_form:
-            edit = parse(EditIn, body.fields)
-            check_prompt(settings, "prompt", edit.prompt)
-            check_prompt(settings, "negative_prompt", edit.negative_prompt)
-            check_guidance(settings, "guidance_scale", edit.guidance_scale)
-            webhook = check_webhook(settings, tenant, edit.webhook)
-            spec = await usable_spec(services, edit.inversion_id, tenant)
-            guidance = spec.guidance_scale if edit.guidance_scale is None else edit.guidance_scale
-            negative = spec.negative_prompt if edit.negative_prompt is None else edit.negative_prompt
-            inputs = {}
-        else:
-            form = parse(EditFormIn, body.fields)
-            check_prompt(settings, "prompt", form.prompt)
-            webhook = check_webhook(settings, tenant, form.webhook)
-            image = image_field(body, "image", settings, required=True)
-            assert image is not None
-            mask = image_field(body, "mask", settings, required=False)
-            spec = inversion_spec(settings, form, form.source_prompt, image, "source_prompt", tenant)
-            await services.cache.put_blob(image.data)
-            await services.cache.put_spec(spec)
-            guidance, negative = spec.guidance_scale, spec.negative_prompt
-            inputs = {"mask_sha256": await services.cache.put_blob(mask.data)} if mask else {}
-            edit = EditIn(inversion_id=spec.inversion_id, prompt=form.prompt, edit_gamma=form.edit_gamma)
+        check_prompt(settings, "prompt", edit.prompt)
+        check_prompt(settings, "negative_prompt", edit.negative_prompt)
+        check_guidance(settings, "guidance_scale", edit.guidance_scale)
+        webhook = check_webhook(settings, tenant, edit.webhook)
+        spec = await usable_spec(services, edit.inversion_id, tenant)
         params = {
             "prompt": edit.prompt,
-            "guidance_scale": guidance,
-            "negative_prompt": negative,
-            "masked": "mask_sha256" in inputs,
+            "guidance_scale": spec.guidance_scale if edit.guidance_scale is None else edit.guidance_scale,
+            "negative_prompt": spec.negative_prompt if edit.negative_prompt is None else edit.negative_prompt,
+            "masked": False,
             "edit_gamma": edit.edit_gamma,
+        }
+        job = Job(
+            kind="edit",
+            model=spec.model,
+            inversion_id=spec.inversion_id,
+            params=params,
+            tenant=tenant,
+            webhook=webhook,
+            webhook_events=edit.webhook_events,
+        )
+        return await submitted(services, await enqueue(services, job), wait_seconds(prefer, settings))
+
+    return await idempotent(request, services, idempotency_key, fingerprint(edit), respond)
+
+
+@router.post(
+    "/edits/upload",
+    status_code=202,
+    dependencies=[Depends(require_form), Depends(rate_limit)],
+    responses={**SUBMITTED, **responses(400, 401, 409, 413, 415, 422, 429, 503)},
+)
+async def create_edit_upload(
+    request: Request,
+    services: ServicesDep,
+    form: Annotated[EditForm, Form(media_type="multipart/form-data")],
+    idempotency_key: IdempotencyKey = None,
+    prefer: PreferHeader = None,
+) -> Response:
+    """Edit an image in one call: it is inverted (or its cached inversion reused) and regenerated with the
+    new prompt; an optional mask limits what may change. 202 with the job (200 with `Prefer: wait=N`)."""
+    settings, tenant = services.settings, tenant_of(request)
+    image = await read_image(form.image, "image", settings)
+    mask = await read_image(form.mask, "mask", settings) if form.mask is not None else None
+    files = {"image": image.data, **({"mask": mask.data} if mask else {})}
+
+    async def respond() -> Response:
+        check_prompt(settings, "prompt", form.prompt)
+        webhook = check_webhook(settings, tenant, form.webhook)
+        spec = inversion_spec(settings, form, form.source_prompt, image, "source_prompt", tenant)
+        await services.cache.put_blob(image.data)
+        await services.cache.put_spec(spec)
+        inputs = {"mask_sha256": await services.cache.put_blob(mask.data)} if mask else {}
+        params = {
+            "prompt": form.prompt,
+            "guidance_scale": spec.guidance_scale,
+            "negative_prompt": spec.negative_prompt,
+            "masked": mask is not None,
+            "edit_gamma": form.edit_gamma,
         }
         job = Job(
             kind="edit",
@@ -94,21 +148,28 @@ async def create_edit(request: Request, services: ServicesDep) -> Response:
             inputs=inputs,
             tenant=tenant,
             webhook=webhook,
+            webhook_events=form.webhook_events,
         )
-        return await job_response(services, await enqueue(services, job), 202)
+        return await submitted(services, await enqueue(services, job), wait_seconds(prefer, settings))
 
-    return await idempotent(request, services, body.fingerprint, respond)
+    return await idempotent(request, services, idempotency_key, fingerprint(form, files), respond)
 
 
 @router.post(
     "/reconstructions",
     status_code=202,
-    dependencies=[Depends(rate_limit)],
-    responses={202: {"model": JobOut}, **PROBLEMS},
+    dependencies=[Depends(require_json), Depends(rate_limit)],
+    responses={**SUBMITTED, **responses(400, 401, 404, 409, 413, 415, 422, 429, 503)},
 )
-async def create_reconstruction(request: Request, services: ServicesDep, reconstruction: ReconstructionIn) -> Response:
-    """Regenerate with the source prompt; the result reports ``latent_max_abs_error`` and the pixel PSNR."""
-    body, tenant = reconstruction.model_dump(), tenant_of(request)
+async def create_reconstruction(
+    request: Request,
+    services: ServicesDep,
+    reconstruction: ReconstructionIn,
+    idempotency_key: IdempotencyKey = None,
+    prefer: PreferHeader = None,
+) -> Response:
+    """Regenerate with the source prompt; the result reports `latent_max_abs_error` and the pixel PSNR."""
+    tenant = tenant_of(request)
 
     async def respond() -> Response:
         webhook = check_webhook(services.settings, tenant, reconstruction.webhook)
@@ -125,7 +186,8 @@ async def create_reconstruction(request: Request, services: ServicesDep, reconst
             params=params,
             tenant=tenant,
             webhook=webhook,
+            webhook_events=reconstruction.webhook_events,
         )
-        return await job_response(services, await enqueue(services, job), 202)
+        return await submitted(services, await enqueue(services, job), wait_seconds(prefer, services.settings))
 
-    return await idempotent(request, services, Body(body, {}, is_form=False).fingerprint, respond)
+    return await idempotent(request, services, idempotency_key, fingerprint(reconstruction), respond)

@@ -1,71 +1,79 @@
-"""``/v1/inversions``: submit an image for inversion (answered from the cache when possible), read, delete."""
+"""``/v1/inversions``: submit an image for inversion (answered from the cache when possible), list, read, delete."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from bdia.jobqueue.jobs import Job
 
-from ..auth import tenant_of
+from ..auth import SECURITY, tenant_of
 from ..deps import ServicesDep
-from ..idempotency import idempotent
+from ..idempotency import IdempotencyKey, idempotent
 from ..limits import rate_limit
-from ..parsing import image_field, inversion_spec, parse, read_body
-from ..problems import Problem, not_found
-from ..schemas import InversionIn, InversionOut, JobOut
+from ..parsing import FORM_LIMITS, PreferHeader, fingerprint, inversion_spec, read_image, require_form, wait_seconds
+from ..problems import Problem, invalid, not_found, responses
+from ..schemas import InversionForm, InversionList, InversionOut, JobOut, no_default, to_json
 from ..webhooks import check_webhook
-from .common import PROBLEMS, enqueue, job_response, owned_spec, pending_inversion, pending_job, ready_inversion
+from .common import (
+    JOB_HEADERS,
+    cached_inversion,
+    enqueue,
+    inversion_page,
+    owned_spec,
+    pending_inversion,
+    pending_job,
+    submitted,
+)
 
-router = APIRouter(prefix="/v1/inversions", tags=["inversions"])
+router = APIRouter(prefix="/v1/inversions", tags=["inversions"], dependencies=SECURITY, form_limits=FORM_LIMITS)
 
-FORM_DOC = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["image"],
-                    "properties": {
-                        "image": {"type": "string", "format": "binary", "description": "PNG, JPEG or WebP"},
-                        **InversionIn.model_json_schema()["properties"],
-                    },
-                }
-            }
-        },
-    }
-}
+Limit = Annotated[int, Query(ge=1, le=100, description="at most this many items")]
+Cursor = Annotated[str | None, Query(description="`next_cursor` of the previous page", json_schema_extra=no_default)]
 
 
 @router.post(
     "",
     status_code=202,
-    dependencies=[Depends(rate_limit)],
-    responses={200: {"model": InversionOut, "description": "Already cached"}, 202: {"model": JobOut}, **PROBLEMS},
-    openapi_extra=FORM_DOC,
+    dependencies=[Depends(require_form), Depends(rate_limit)],
+    responses={
+        200: {
+            "model": InversionOut | JobOut,
+            "description": "The inversion, already cached; or, with `Prefer: wait`, the job that made it, finished",
+            "headers": JOB_HEADERS,
+        },
+        202: {"model": JobOut, "description": "The job that makes the inversion", "headers": JOB_HEADERS},
+        **responses(400, 401, 409, 413, 415, 422, 429, 503),
+    },
 )
-async def create_inversion(request: Request, services: ServicesDep) -> Response:
-    """Invert an image: 200 with the inversion if cached, else 202 with the job that makes it."""
+async def create_inversion(
+    request: Request,
+    services: ServicesDep,
+    form: Annotated[InversionForm, Form(media_type="multipart/form-data")],
+    idempotency_key: IdempotencyKey = None,
+    prefer: PreferHeader = None,
+) -> Response:
+    """Invert an image: 200 with the inversion if cached, else 202 with the job that makes it (or, with
+    `Prefer: wait=N`, 200 with that job once finished)."""
     settings, tenant = services.settings, tenant_of(request)
-    body = await read_body(request, settings, allow_json=False)
+    image = await read_image(form.image, "image", settings)
 
     async def respond() -> Response:
-        params = parse(InversionIn, body.fields)
-        webhook = check_webhook(settings, tenant, params.webhook)
-        image = image_field(body, "image", settings, required=True)
-        assert image is not None
-        spec = inversion_spec(settings, params, params.prompt, image, "prompt", tenant)
+        webhook = check_webhook(settings, tenant, form.webhook)
+        spec = inversion_spec(settings, form, form.prompt, image, "prompt", tenant)
         cached = await services.cache.get(spec.inversion_id)
         if cached is not None:
             async with services.redis.pipeline(transaction=False) as pipe:
                 pipe.hincrby(services.keys.stats, "inversion_requests_cached_total", 1)
                 pipe.hincrby(services.keys.stats, 'nfe_saved_total{kind="invert"}', int(cached.meta.get("nfe") or 0))
                 await pipe.execute()
-            return JSONResponse(ready_inversion(cached).model_dump(mode="json"), 200)
+            return JSONResponse(to_json(cached_inversion(cached)), 200)
+        wait_s = wait_seconds(prefer, settings)
         running = await pending_job(services, spec.inversion_id)
         if running is not None:
-            return await job_response(services, running, 202)
+            return await submitted(services, running, wait_s)
         await services.cache.put_blob(image.data)
         await services.cache.put_spec(spec)
         job = Job(
@@ -75,36 +83,65 @@ async def create_inversion(request: Request, services: ServicesDep) -> Response:
             params=spec.params,
             tenant=tenant,
             webhook=webhook,
+            webhook_events=form.webhook_events,
         )
         job = await enqueue(services, job)
         await services.cache.set_maker(spec.inversion_id, job.id)
-        return await job_response(services, job, 202)
+        return await submitted(services, job, wait_s)
 
-    return await idempotent(request, services, body.fingerprint, respond)
+    return await idempotent(request, services, idempotency_key, fingerprint(form, {"image": image.data}), respond)
 
 
-@router.get("/{inversion_id}", responses={200: {"model": InversionOut}, **PROBLEMS})
-async def get_inversion(inversion_id: str, request: Request, services: ServicesDep) -> InversionOut:
-    """The inversion's parameters, status, numerics fingerprint, ``latent_std`` and expiry."""
+@router.get("", response_model=InversionList, responses=responses(401, 422, 503))
+async def list_inversions(
+    request: Request,
+    services: ServicesDep,
+    status: Annotated[
+        list[Literal["ready", "pending"]] | None, Query(description="only these statuses", json_schema_extra=no_default)
+    ] = None,
+    limit: Limit = 20,
+    cursor: Cursor = None,
+) -> Response:
+    """The tenant's inversions, newest first (by when they were first requested), ready or pending.
+
+    A page may hold fewer than `limit` items while `next_cursor` is not null; null means the end."""
+    try:
+        items, next_cursor = await inversion_page(
+            services, tenant_of(request), set(status) if status else None, limit, cursor
+        )
+    except ValueError as exc:
+        raise invalid("cursor", str(exc), location="query") from None
+    return JSONResponse(to_json(InversionList(items=items, next_cursor=next_cursor)))
+
+
+@router.get("/{inversion_id}", response_model=InversionOut, responses=responses(401, 404, 503))
+async def get_inversion(inversion_id: str, request: Request, services: ServicesDep) -> Response:
+    """The inversion's parameters, status, numerics fingerprint, `latent_std` and expiry."""
     spec = await owned_spec(services, inversion_id, tenant_of(request))
     if spec is None:
         raise not_found(f"inversion {inversion_id!r}")
     cached = await services.cache.get(inversion_id)
     if cached is not None:
-        return ready_inversion(cached)
+        return JSONResponse(to_json(cached_inversion(cached)))
     job = await pending_job(services, inversion_id)
     if job is not None:
-        return pending_inversion(spec, job.id)
+        return JSONResponse(to_json(pending_inversion(spec, job.id)))
     raise not_found(f"inversion {inversion_id!r}")
 
 
 @router.get(
     "/{inversion_id}/latents",
     response_class=Response,
-    responses={200: {"content": {"application/octet-stream": {}}, "description": "safetensors"}, **PROBLEMS},
+    responses={
+        200: {
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+            "description": "safetensors: `z_hi`, `z_lo`, `z0` (and `trajectory`) and string metadata",
+        },
+        **responses(401, 404, 409, 503),
+    },
 )
-async def get_latents(inversion_id: str, request: Request, services: ServicesDep) -> Response:
-    """The latent pair as a safetensors file: tensors ``z_hi``, ``z_lo`` (and ``z0``) plus metadata."""
+async def get_inversion_latents(inversion_id: str, request: Request, services: ServicesDep) -> Response:
+    """The latent pair as a safetensors file: tensors `z_hi`, `z_lo` (and `z0`) plus metadata."""
     if await owned_spec(services, inversion_id, tenant_of(request)) is None:
         raise not_found(f"inversion {inversion_id!r}")
     cached = await services.cache.get(inversion_id)
@@ -123,7 +160,12 @@ async def get_latents(inversion_id: str, request: Request, services: ServicesDep
     )
 
 
-@router.delete("/{inversion_id}", status_code=204, response_class=Response, responses=PROBLEMS)
+@router.delete(
+    "/{inversion_id}",
+    status_code=204,
+    response_class=Response,
+    responses={204: {"description": "Forgotten"}, **responses(401, 404, 503)},
+)
 async def delete_inversion(inversion_id: str, request: Request, services: ServicesDep) -> Response:
     """Drop the inversion from the cache."""
     if await owned_spec(services, inversion_id, tenant_of(request)) is None or not await services.cache.delete(

@@ -1,29 +1,68 @@
-"""``/v1/jobs``: a job's state, its events as Server-Sent Events, cancellation and its output image."""
+"""``/v1/jobs``: the tenant's jobs, a job's state, its events as Server-Sent Events, cancellation and its
+output image."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from bdia.jobqueue.jobs import TERMINAL, Event
+from bdia.jobqueue.states import JobKind, JobStatus
 
-from ..auth import tenant_of
+from ..auth import SECURITY, tenant_of
 from ..deps import LONGEST_BLOCK_S, ServicesDep
-from ..idempotency import idempotent
+from ..idempotency import REPLAYED, IdempotencyKey, idempotent
 from ..limits import rate_limit
-from ..problems import Problem, not_found
-from ..schemas import JobOut
-from .common import PROBLEMS, job_response, owned_job
+from ..problems import Problem, invalid, not_found, responses
+from ..schemas import JobList, JobOut, no_default
+from .common import job_body, job_response, owned_job
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=SECURITY)
 
 KEEPALIVE_MS = LONGEST_BLOCK_S * 1000
+PNG = "image/png"
+BINARY = {"schema": {"type": "string", "format": "binary"}}
 
 
-@router.get("/{job_id}", responses={200: {"model": JobOut}, **PROBLEMS})
+@router.get("", response_model=JobList, responses=responses(401, 422, 503))
+async def list_jobs(
+    request: Request,
+    services: ServicesDep,
+    status: Annotated[
+        list[JobStatus] | None, Query(description="only jobs in these statuses", json_schema_extra=no_default)
+    ] = None,
+    kind: Annotated[
+        list[JobKind] | None, Query(description="only jobs of these kinds", json_schema_extra=no_default)
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=100, description="at most this many items")] = 20,
+    cursor: Annotated[
+        str | None, Query(description="`next_cursor` of the previous page", json_schema_extra=no_default)
+    ] = None,
+) -> Response:
+    """The tenant's jobs, newest first, while their records are kept (`BDIA_JOB_TTL_S` after they finish).
+
+    A page may hold fewer than `limit` items while `next_cursor` is not null; null means the end."""
+    queue = services.queue
+    try:
+        jobs, next_cursor = await queue.history(
+            tenant_of(request),
+            statuses=set(status) if status else None,
+            kinds=set(kind) if kind else None,
+            limit=limit,
+            cursor=cursor,
+        )
+    except ValueError as exc:
+        raise invalid("cursor", str(exc), location="query") from None
+    positions = await queue.positions(jobs)
+    items = [job_body(job, positions.get(job.id)) for job in jobs]
+    return JSONResponse({"items": items, "next_cursor": next_cursor})
+
+
+@router.get("/{job_id}", response_model=JobOut, responses=responses(401, 404, 503))
 async def get_job(job_id: str, request: Request, services: ServicesDep) -> Response:
     """The job: status, queue position while queued, progress, params, metrics, result or error."""
     return await job_response(services, await owned_job(services, job_id, tenant_of(request)))
@@ -36,17 +75,31 @@ def _sse(event: Event) -> str:
 @router.get(
     "/{job_id}/events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}, **PROBLEMS},
+    responses={
+        200: {
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "description": "Server-Sent Events (`id:`, `event:`, `data:` JSON), ending after the final event",
+        },
+        **responses(401, 404, 503),
+    },
 )
-async def job_events(job_id: str, request: Request, services: ServicesDep) -> StreamingResponse:
-    """Server-Sent Events: ``queued``, ``started``, ``progress``, ``cache_hit`` and the final one.
+async def get_job_events(
+    job_id: str,
+    request: Request,
+    services: ServicesDep,
+    last_event_id: Annotated[
+        str | None,
+        Header(alias="Last-Event-ID", description="resume after this event id", json_schema_extra=no_default),
+    ] = None,
+) -> StreamingResponse:
+    """Server-Sent Events: `queued`, `started`, `progress`, `cache_hit` and the final one.
 
-    A subscriber first gets every past event (or those after its ``Last-Event-ID``), then live ones;
-    the stream ends after ``succeeded``, ``failed`` or ``canceled``.
-    """
+    A subscriber first gets every past event (or those after its `Last-Event-ID`), then live ones; the
+    stream ends after `succeeded`, `failed` or `canceled`. Read whole (as a generated client does), it
+    is the job's event log, once the job has finished."""
     queue = services.queue
     await owned_job(services, job_id, tenant_of(request))
-    after = request.headers.get("last-event-id") or "0"
+    after = last_event_id or "0"
 
     async def stream() -> AsyncIterator[str]:
         cursor = after
@@ -67,8 +120,15 @@ async def job_events(job_id: str, request: Request, services: ServicesDep) -> St
     return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
 
 
-@router.post("/{job_id}/cancel", dependencies=[Depends(rate_limit)], responses={200: {"model": JobOut}, **PROBLEMS})
-async def cancel_job(job_id: str, request: Request, services: ServicesDep) -> Response:
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobOut,
+    dependencies=[Depends(rate_limit)],
+    responses={200: {"headers": REPLAYED}, **responses(401, 404, 409, 422, 429, 503)},
+)
+async def cancel_job(
+    job_id: str, request: Request, services: ServicesDep, idempotency_key: IdempotencyKey = None
+) -> Response:
     """Cancel (idempotent): a queued job is canceled now, a running one stops at its next step."""
 
     tenant = tenant_of(request)
@@ -82,15 +142,26 @@ async def cancel_job(job_id: str, request: Request, services: ServicesDep) -> Re
             raise not_found(f"job {job_id!r}")
         return await job_response(services, job)
 
-    return await idempotent(request, services, job_id, respond)
+    return await idempotent(request, services, idempotency_key, job_id, respond)
 
 
 @router.get(
     "/{job_id}/result",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}, "description": "The output image"}, **PROBLEMS},
+    responses={
+        200: {
+            "content": {PNG: BINARY, "application/octet-stream": BINARY},
+            "description": "The output image: PNG bytes (as `application/octet-stream` when only that is accepted)",
+        },
+        **responses(401, 404, 409, 503),
+    },
 )
-async def job_result(job_id: str, request: Request, services: ServicesDep) -> Response:
+async def get_job_result(
+    job_id: str,
+    request: Request,
+    services: ServicesDep,
+    accept: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Response:
     """The output image (PNG) of a finished edit or reconstruction."""
     job = await owned_job(services, job_id, tenant_of(request))
     if job.kind == "invert":
@@ -104,4 +175,8 @@ async def job_result(job_id: str, request: Request, services: ServicesDep) -> Re
     image = await services.queue.result(job_id)
     if image is None:
         raise not_found(f"the result of job {job_id!r}")
-    return Response(image, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
+    octets = (
+        accept is not None and "application/octet-stream" in accept and PNG not in accept and "image/*" not in accept
+    )
+    media_type = "application/octet-stream" if octets else PNG
+    return Response(image, media_type=media_type, headers={"Cache-Control": "private, max-age=86400", "Vary": "Accept"})

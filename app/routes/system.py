@@ -13,10 +13,10 @@ from redis.exceptions import RedisError
 from bdia.params import SamplingParams
 
 from .. import metrics
+from ..auth import SECURITY
 from ..deps import ServicesDep
-from ..problems import Problem
+from ..problems import Problem, responses
 from ..schemas import ModelOut, ModelsOut
-from .common import PROBLEMS
 
 router = APIRouter(tags=["system"])
 
@@ -30,7 +30,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses=PROBLEMS)
+@router.get("/readyz", responses=responses(503))
 async def readyz(services: ServicesDep) -> dict[str, Any]:
     """Readiness: Redis answers and at least one worker has a live heartbeat."""
     try:
@@ -49,7 +49,7 @@ async def _workers(services: ServicesDep) -> dict[str, int]:
     return {m: await services.redis.zcount(keys.workers(m), since, "+inf") for m in services.settings.served_models}
 
 
-@router.get("/v1/models", responses=PROBLEMS)
+@router.get("/v1/models", dependencies=SECURITY, responses=responses(401, 503))
 async def list_models(services: ServicesDep) -> ModelsOut:
     """The served models, their native size (images are resized/cropped to it) and default parameters."""
     settings = services.settings
@@ -73,8 +73,12 @@ async def list_models(services: ServicesDep) -> ModelsOut:
     return ModelsOut(default=settings.model, models=models)
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
-async def prometheus(request: Request, services: ServicesDep) -> PlainTextResponse:
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, **responses(503)},
+)
+async def get_metrics(request: Request, services: ServicesDep) -> PlainTextResponse:
     """Prometheus text format."""
     text = await metrics.render(services, request.app.state.http_counters)
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -90,6 +90,7 @@ INVERSION_CASES = [
     ("gamma 0", {"image": make_png()}, {"gamma": "0"}, 422, "invalid_parameter"),
     ("gamma above 1", {"image": make_png()}, {"gamma": "1.2"}, 422, "invalid_parameter"),
     ("gamma unstable", {"image": make_png()}, {"gamma": "0.5", "steps": "50"}, 422, "gamma_unstable"),
+    ("gamma beyond any float", {"image": make_png()}, {"gamma": "5e-324", "exact": "false"}, 422, "gamma_unstable"),
     ("negative guidance", {"image": make_png()}, {"guidance_scale": "-1"}, 422, "invalid_parameter"),
     ("exact not a boolean", {"image": make_png()}, {"exact": "perhaps"}, 422, "invalid_parameter"),
     ("an unknown model", {"image": make_png()}, {"model": "sd-9"}, 422, "unknown_model"),

@@ -24,6 +24,11 @@ def test_the_boundary_is_where_the_docs_say() -> None:
     assert gamma_growth(GAMMA, ACCEPTED) <= DEFAULT_GAMMA_BOUND < gamma_growth(GAMMA, REFUSED)
 
 
+def test_a_vanishing_gamma_is_unstable_not_an_overflow() -> None:
+    with pytest.raises(bdia.GammaUnstable):
+        InversionParams.create(model="tiny-random", steps=50, gamma=5e-324).check()
+
+
 @pytest.mark.parametrize("steps,accepted", [(ACCEPTED, True), (REFUSED, False)])
 def test_engine_cli_and_api_agree(steps: int, accepted: bool, api: Callable[..., TestClient], tmp_path, capsys) -> None:
     params = InversionParams.create(model="tiny-random", steps=steps, gamma=GAMMA)

@@ -44,7 +44,7 @@ def test_invert_then_edit_reuses_the_cache_and_reconstruction_is_exact(
     assert not submitted.cached and submitted.job is not None
     job = submitted.job
     assert job.kind == "invert" and job.status in ("queued", "running", "succeeded")
-    assert job.params == {
+    assert job.params.to_dict() == {
         "prompt": "a gradient",
         "negative_prompt": "",
         "steps": STEPS,

@@ -122,3 +122,31 @@ def test_metrics_and_json_logs(production) -> None:
         lines = [json.loads(line) for line in production.log(name).splitlines()[1:] if line.startswith("{")]
         assert lines and all({"time", "level", "logger", "message"} <= line.keys() for line in lines)
     assert any(line.get("job_id") == edit.id for line in map(json.loads, production.log("prod0").splitlines()[1:]))
+
+
+def test_webhook_events_started_and_throttled_progress(production) -> None:
+    """Asked for, ``started`` and ``progress`` are delivered too; progress at most once per
+    ``BDIA_WEBHOOK_PROGRESS_S`` (5 s here) however many steps run."""
+    receiver = Receiver(failures=0)
+    try:
+        with BdiaClient(production.url, api_key=ALICE, timeout=30) as client:
+            events = ["started", "progress", "completed"]
+            job = client.invert(make_png(33), "", steps=300, webhook=receiver.url, webhook_events=events).job
+            done = client.wait(job.id, timeout=120)
+            only_final = client.reconstruct(job.inversion_id, webhook=receiver.url, webhook_events=["completed"])
+            client.wait(only_final.id, timeout=60)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not any(
+                json.loads(body)["data"]["id"] == only_final.id for _, _, body in receiver.deliveries
+            ):
+                time.sleep(0.05)
+        delivered = [json.loads(body) for _, _, body in receiver.deliveries]
+        mine = [event["type"] for event in delivered if event["data"]["id"] == job.id]
+        assert sorted(set(mine)) == ["job.progress", "job.started", "job.succeeded"], mine
+        assert mine.count("job.started") == 1 and mine.count("job.succeeded") == 1
+        assert 1 <= mine.count("job.progress") <= done.metrics.run_seconds / 5 + 1, (mine, done.metrics)
+        progress = [e for e in delivered if e["data"]["id"] == job.id and e["type"] == "job.progress"]
+        assert all(e["data"]["progress"] is not None for e in progress)
+        assert [e["type"] for e in delivered if e["data"]["id"] == only_final.id] == ["job.succeeded"]
+    finally:
+        receiver.close()
