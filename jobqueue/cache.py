@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,14 @@ from .keys import Keys
 from .settings import PUBLIC_TENANT, Settings
 
 log = logging.getLogger(__name__)
+
+
+INVERSION_ID = re.compile(r"inv_[0-9a-f]{32}")
+"""What ``InversionSpec.inversion_id`` makes; anything else names no inversion and is never used in a key."""
+
+
+def is_inversion_id(value: str) -> bool:
+    return INVERSION_ID.fullmatch(value) is not None
 
 
 def sha256(data: bytes) -> str:
@@ -86,6 +95,8 @@ class InversionCache:
 
     async def get(self, inversion_id: str) -> CachedInversion | None:
         """The entry if present and intact (and then its TTL restarts); a corrupt one is dropped."""
+        if not is_inversion_id(inversion_id):
+            return None
         key = self.keys.inversion(inversion_id)
         data, checksum, meta = await self.redis.hmget(key, ["data", "checksum", "meta"])
         if data is None or checksum is None or meta is None:
@@ -179,6 +190,8 @@ class InversionCache:
             await pipe.execute()
 
     async def spec(self, inversion_id: str) -> InversionSpec | None:
+        if not is_inversion_id(inversion_id):
+            return None
         raw = await self.redis.get(self.keys.inversion_spec(inversion_id))
         return InversionSpec.model_validate_json(raw) if raw else None
 

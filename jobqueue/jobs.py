@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -54,8 +55,17 @@ class TooManyJobs(Exception):
     """The tenant already has as many unfinished jobs as ``max_jobs_per_tenant`` allows."""
 
 
+JOB_ID = re.compile(r"job_[0-9a-f]{24}")
+"""What ``new_job_id`` makes. Anything else names no job: it is never used in a key (a suffix such as
+``:events`` would name another record)."""
+
+
 def new_job_id() -> str:
     return f"job_{secrets.token_hex(12)}"
+
+
+def is_job_id(value: str) -> bool:
+    return JOB_ID.fullmatch(value) is not None
 
 
 class Job(BaseModel):
@@ -318,6 +328,8 @@ class JobQueue:
                 raise
 
     async def get(self, job_id: str) -> Job | None:
+        if not is_job_id(job_id):
+            return None
         fields = await self.redis.hgetall(self.keys.job(job_id))
         return Job.from_hash(fields) if fields else None
 
@@ -455,6 +467,8 @@ class JobQueue:
 
         Returns the job's status afterwards (None when there is no such job).
         """
+        if not is_job_id(job_id):
+            return None
         job_key = self.keys.job(job_id)
         model, tenant = await self.redis.hmget(job_key, ["model", "tenant"])
         if model is None:
