@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from typing_extensions import Self
 
 from .errors import GammaUnstable, InvalidParameter
@@ -83,9 +83,20 @@ def one_line(exc: ValidationError) -> str:
 
 
 class Params(BaseModel):
-    """Base of the parameter models: frozen, unknown fields refused."""
+    """Base of the parameter models: frozen, unknown fields refused, text fields valid Unicode."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _valid_unicode(cls, value: Any) -> Any:
+        """JSON can carry lone surrogates (``"\\ud800"``), which no UTF-8 response, file or log can hold."""
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("must be valid Unicode text (it holds a lone surrogate)") from None
+        return value
 
     @classmethod
     def create(cls, **fields: Any) -> Self:
