@@ -74,17 +74,17 @@ class Settings(BaseSettings):
     max_deliveries: int = 3
     """A job delivered this many times without finishing goes to the dead-letter stream."""
     batch_size: int | None = None
-    """The most jobs a worker runs side by side, and the widest batch layout it opens (unset: chosen from
-    the device, ``bdia.workers.worker.default_batch_size``)."""
+    """The most jobs a worker runs side by side, and the widest batch layout it opens (unset: 8 on CUDA,
+    4 on CPU; ``bdia.workers.worker.default_batch_size``)."""
     batch_policy: Literal["adaptive", "fixed"] = "adaptive"
     """``adaptive``: each job's batch layout is chosen when it is admitted, from the demand then (a lone
     job runs at batch size 1, a busy worker fills wide batches up to ``batch_size``); ``fixed``: every
     job runs at ``batch_size``."""
     worker_threads: int | None = None
-    """torch CPU threads per worker (0: torch's default; unset: chosen from the device and the cores,
-    ``bdia.workers.worker.default_threads``). Part of the numerics fingerprint: workers that should
-    reproduce each other's bits need equal thread counts, so set it explicitly for a fleet of CPU
-    workers on machines with different core counts."""
+    """torch CPU threads per worker (0: torch's default; unset: 1 on CUDA, on CPU the usable cores but one,
+    1 to 8; ``bdia.workers.worker.default_threads``). Part of the numerics fingerprint: CPU workers that
+    should reproduce each other's bits need equal thread counts, so set it explicitly for workers on
+    machines with different core counts."""
     worker_block_s: float = 1.0
     """How long one blocking read of the queue waits before the worker looks around again."""
     reconnect_max_s: float = 30.0

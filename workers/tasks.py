@@ -114,7 +114,8 @@ def place(
     ``fixed``: every job at ``batch_size``, in ``preferred``'s slot when it is free, else the lowest
     free slot. ``adaptive``, first rule that applies:
 
-    1. A free slot of a batch that is running: it is padding now, so filling it costs nothing.
+    1. A free slot of a running batch no wider than ``batch_size``: it is padding now, so filling it
+       costs nothing.
     2. A new batch as wide as the demand (the next width of ``widths`` at or above it). Running
        batches narrower than it whose jobs are all movable are restarted in it, so that a burst that
        arrives one job at a time still ends up in one network call (a lone job runs at batch size 1).
@@ -137,7 +138,7 @@ def place(
         return seat_in(batch_size, free(batch_size)), {}
     if policy != "adaptive":
         raise ValueError(f"unknown batch policy {policy!r}")
-    running = sorted((w for w in taken if free(w)), reverse=True)
+    running = sorted((w for w in taken if w <= batch_size and free(w)), reverse=True)
     if preferred is not None and preferred.batch_size in running and preferred.slot in free(preferred.batch_size):
         return preferred, {}
     if running:

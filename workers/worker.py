@@ -67,23 +67,26 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def default_batch_size(device_type: str, cores: int | None = None) -> int:
-    """The widest batch when ``BDIA_BATCH_SIZE`` is unset (docs/operations.md, measured in docs/benchmarks.md).
+def default_batch_size(device_type: str) -> int:
+    """The widest batch when ``BDIA_BATCH_SIZE`` is unset (docs/operations.md; measured in docs/benchmarks.md).
 
-    CUDA: 8 (a batch of 8 costs ~1.2× a batch of 1 on an H200). CPU: 4, for the network's cost there
-    grows with the rows of a call; a wider batch only adds padding a busy 2-core worker rarely fills.
+    CUDA: 8 (on an H200 a batch of 8 costs ~1.14× a batch of 1: 7× the throughput). CPU: 4 (a call's
+    cost there grows nearly with its rows, so wider batches gain little and pad more).
     """
     return 8 if device_type == "cuda" else 4
 
 
 def default_threads(device_type: str, cores: int | None = None) -> int:
-    """torch CPU threads when ``BDIA_WORKER_THREADS`` is unset (docs/operations.md).
+    """torch CPU threads when ``BDIA_WORKER_THREADS`` is unset (docs/operations.md; docs/benchmarks.md).
 
-    CUDA: 1 (the network runs on the GPU). CPU: every usable core, up to 8.
+    CUDA: 1 (the network runs on the GPU). CPU: every usable core but one, which is left to the rest of
+    the service (the worker's event loop, the API, Redis); at least 1, at most 8. On 2 cores a worker
+    with 2 threads took ~2× as long for a lone edit as one with 1 thread, for the other processes
+    kept pre-empting one of its two threads (a parallel region waits for its slowest thread).
     """
     if device_type == "cuda":
         return 1
-    return max(1, min(8, cores or usable_cores()))
+    return max(1, min(8, (cores or usable_cores()) - 1))
 
 
 @dataclass

@@ -136,13 +136,13 @@ def test_body_limit_is_enforced_while_the_body_streams(api, redis_client, prefix
 def test_redis_unreachable_answers_503_problem_json_fast(api) -> None:
     client = api(redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_timeout_s=0.5)
     for method, path in [
-        ("GET", "/v1/jobs/job_x"),
+        ("GET", "/v1/jobs/job_" + "0" * 24),  # a well-formed id: it is looked up
         ("GET", "/v1/models"),
         ("GET", "/readyz"),
         ("POST", "/v1/reconstructions"),
     ]:
         started = time.monotonic()
-        response = client.request(method, path, json={"inversion_id": "inv_x"} if method == "POST" else None)
+        response = client.request(method, path, json={"inversion_id": "inv_" + "0" * 32} if method == "POST" else None)
         assert time.monotonic() - started < 1.5
         assert_problem(response, 503)
     assert client.get("/healthz").status_code == 200

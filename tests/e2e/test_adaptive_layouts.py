@@ -52,6 +52,8 @@ def test_a_free_slot_of_a_running_batch_comes_first() -> None:
     # The recorded slot when it is free, else the lowest free one.
     assert place(seats, batch_size=4, demand=9, preferred=Layout(4, 3)) == (Layout(4, 3), {})
     assert place(seats, batch_size=4, demand=9, preferred=Layout(4, 2)) == (Layout(4, 1), {})
+    # A reconstruction pinned wider than the worker's batch size is no batch for others to join.
+    assert place({"r": Seat(Layout(8, 5))}, batch_size=4, demand=2) == (Layout(2, 0), {})
 
 
 def test_a_burst_that_arrives_one_job_at_a_time_ends_up_in_one_batch() -> None:

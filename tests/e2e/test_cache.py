@@ -63,13 +63,14 @@ def test_least_recently_used_entries_are_evicted_beyond_the_budget(prefix: str) 
         settings = Settings(redis_url=REDIS_URL, key_prefix=prefix, cache_max_bytes=250)
         cache = InversionCache(Redis.from_url(REDIS_URL), settings)
         meta = {"model": "m", "prompt": "", "params": {}, "image_sha256": "x"}
-        for name in ("a", "b"):
-            await cache.put(name, name.encode() * 100, meta)
-        assert await cache.get("a") is not None  # "a" is now the most recently used
-        await cache.put("c", b"c" * 100, meta)
-        assert await cache.get("b") is None and await cache.get("a") is not None
+        a, b, c = ("inv_" + letter * 32 for letter in "abc")
+        for name in (a, b):
+            await cache.put(name, name.encode()[-1:] * 100, meta)
+        assert await cache.get(a) is not None  # a is now the most recently used
+        await cache.put(c, b"c" * 100, meta)
+        assert await cache.get(b) is None and await cache.get(a) is not None
         assert await cache.usage() == (2, 200)
-        entry = await cache.get("c")
+        entry = await cache.get(c)
         assert entry.meta["size"] == 100 and json.loads(json.dumps(entry.meta))
         await cache.redis.aclose()
 
