@@ -80,9 +80,10 @@ def default_threads(device_type: str, cores: int | None = None) -> int:
     """torch CPU threads when ``BDIA_WORKER_THREADS`` is unset (docs/operations.md; docs/benchmarks.md).
 
     CUDA: 1 (the network runs on the GPU). CPU: every usable core but one, which is left to the rest of
-    the service (the worker's event loop, the API, Redis); at least 1, at most 8. On 2 cores a worker
-    with 2 threads took ~2× as long for a lone edit as one with 1 thread, for the other processes
-    kept pre-empting one of its two threads (a parallel region waits for its slowest thread).
+    the service (the worker's event loop, the API, Redis); at least 1, at most 8 (a cap not measured:
+    only 2 cores were). On 2 cores a worker with 2 threads took ~1.8× as long for a lone edit as one
+    with 1 thread, for the other processes kept pre-empting one of its two threads (a parallel
+    region waits for its slowest thread).
     """
     if device_type == "cuda":
         return 1
@@ -377,10 +378,11 @@ class Worker:
         for job_id, moved in moves.items():
             running = self.active[job_id]
             running.lane.close()
-            running.discarded += running.lane.evaluations
+            lost = running.lane.evaluations
+            running.discarded += lost
             running.task = dataclasses.replace(running.task, layout=moved)
             running.lane = Lane(task_job(self.model, running.task, gamma_bound=self.settings.gamma_bound))
-            log.info("job %s restarted in slot %d/%d", job_id, moved.slot, moved.batch_size)
+            log.info("job %s restarted in slot %d/%d (%d steps discarded)", job_id, moved.slot, moved.batch_size, lost)
         return dataclasses.replace(task, layout=layout), self.policy == "adaptive" and layout != preferred
 
     # --- one step of every active job -----------------------------------------------------------

@@ -71,6 +71,14 @@ def test_a_burst_that_arrives_one_job_at_a_time_ends_up_in_one_batch() -> None:
     assert place(seats, batch_size=4, demand=3) == (Layout(4, 0), {})
 
 
+def test_defaults_come_from_the_device() -> None:
+    from bdia.workers.worker import default_batch_size, default_threads
+
+    assert (default_batch_size("cuda"), default_batch_size("cpu")) == (8, 4)
+    assert default_threads("cuda", 16) == 1
+    assert [default_threads("cpu", cores) for cores in (1, 2, 3, 9, 64)] == [1, 1, 2, 8, 8]
+
+
 def test_a_fixed_worker_gives_every_job_its_batch_size() -> None:
     seats = {"a": Seat(Layout(4, 0)), "r": Seat(Layout(8, 5))}
     assert place({}, batch_size=4, demand=1, policy="fixed") == (Layout(4, 0), {})
