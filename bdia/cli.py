@@ -182,9 +182,10 @@ def cmd_invert(args: argparse.Namespace) -> int:
 
 def _source_size(data: bytes) -> tuple[int, int] | None:
     """The source image's (width, height) a file of ``bdia invert`` records; None for other inversion files."""
+    from .inversion import read_metadata
+
     try:
-        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
-        width, height = header["__metadata__"][SOURCE_SIZE].split("x")
+        width, height = read_metadata(data)[SOURCE_SIZE].split("x")
         return int(width), int(height)
     except (KeyError, TypeError, ValueError):
         return None

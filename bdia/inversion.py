@@ -91,7 +91,7 @@ class Inversion:
 
         try:
             tensors = load(data)
-            meta = _metadata(data)
+            meta = read_metadata(data)
             if meta.get("format") != FORMAT:
                 raise ValueError(f"format {meta.get('format')!r} is not {FORMAT}")
             return cls(
@@ -132,7 +132,7 @@ def _params(data: dict[str, Any]) -> InversionParams:
     return InversionParams(**{k: v for k, v in data.items() if k in InversionParams.model_fields})
 
 
-def _metadata(data: bytes) -> dict[str, str]:
+def read_metadata(data: bytes) -> dict[str, str]:
     """Safetensors metadata from bytes (the header is JSON after an 8-byte little-endian length)."""
     size = int.from_bytes(data[:8], "little")
     header = json.loads(data[8 : 8 + size])
