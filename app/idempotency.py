@@ -1,19 +1,26 @@
 """``Idempotency-Key`` for POST endpoints: the same key and body replay the original response.
 
-The first request with a key stores a placeholder, runs, and stores its successful response for
+The first request with a key reserves it (a placeholder with the body's fingerprint) for a short lease,
+``idempotency_lease_s``, renewed while the request runs, then stores its successful response for
 ``idempotency_ttl_s``. A repeat with the same body gets that response again; with another body,
 422 ``idempotency_key_reused``; while the first is still running, 409 ``idempotency_in_progress``.
-Error responses are not stored: a client may fix its request and retry under the same key.
+Error responses are not stored: a client may fix its request and retry under the same key. A request
+whose process died leaves its reservation to expire within one lease: a retry then runs.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Header, Request
 from fastapi.responses import JSONResponse, Response
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from .auth import tenant_of
 from .deps import Services
@@ -32,6 +39,17 @@ REPLAYED = {
     }
 }
 """The OpenAPI ``headers`` entry of a response that may be a replay."""
+
+_RENEW = """
+-- KEYS: slot.  ARGV: reservation, lease (ms).  Extends the lease if the slot still holds this reservation.
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+"""
+_RELEASE = """
+-- KEYS: slot.  ARGV: reservation.  Deletes the slot if it still holds this reservation.
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('DEL', KEYS[1])
+"""
 
 IdempotencyKey = Annotated[
     str | None,
@@ -56,20 +74,25 @@ async def idempotent(
     if key is None:
         return await respond()
     redis, ttl = services.redis, services.settings.idempotency_ttl_s
+    lease_ms = max(1, round(services.settings.idempotency_lease_s * 1000))
     slot = services.keys.idempotency(f"{tenant_of(request)}:{request.url.path}", key)
-    if await redis.set(slot, json.dumps({"fingerprint": fingerprint}), nx=True, ex=ttl):
+    reservation = json.dumps({"fingerprint": fingerprint, "reservation": secrets.token_hex(8)})
+    if await redis.set(slot, reservation, nx=True, px=lease_ms):
+        holding = asyncio.create_task(_hold(redis, slot, reservation, lease_ms))
         try:
             response = await respond()
         except BaseException:
-            await redis.delete(slot)
+            holding.cancel()
+            await redis.register_script(_RELEASE)(keys=[slot], args=[reservation])
             raise
+        holding.cancel()
         if 200 <= response.status_code < 300 and isinstance(response, JSONResponse):
             headers = {name: response.headers[name] for name in KEPT_HEADERS if name in response.headers}
             body = json.loads(response.body)
             stored = {"fingerprint": fingerprint, "status": response.status_code, "body": body, "headers": headers}
             await redis.set(slot, json.dumps(stored), ex=ttl)
         else:
-            await redis.delete(slot)
+            await redis.register_script(_RELEASE)(keys=[slot], args=[reservation])
         return response
     stored = json.loads(await redis.get(slot) or "{}")
     if stored.get("fingerprint") != fingerprint:
@@ -87,3 +110,14 @@ async def idempotent(
         )
     headers = {**stored.get("headers", {}), "Idempotent-Replayed": "true"}
     return JSONResponse(stored["body"], stored["status"], headers=headers)
+
+
+async def _hold(redis: Redis, slot: str, reservation: str, lease_ms: int) -> None:
+    """Renew the reservation every third of its lease while its request runs (until cancelled, or until
+    the slot no longer holds it)."""
+    renew = redis.register_script(_RENEW)
+    while True:
+        await asyncio.sleep(lease_ms / 3000)
+        with contextlib.suppress(RedisError):  # try again at the next renewal; the lease covers two misses
+            if not await renew(keys=[slot], args=[reservation, lease_ms]):
+                return

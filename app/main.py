@@ -19,12 +19,13 @@ from bdia.jobqueue.settings import Settings, get_settings
 
 from . import __doc__ as DESCRIPTION
 from .auth import ApiKeys, Authenticate
+from .deadlines import BodyDeadline, uvicorn_options
 from .deps import Services
 from .limits import LimitBody
 from .metrics import CountRequests, HttpCounters
 from .parsing import validation_problem
 from .problems import STATUS_CODES, Problem, document
-from .routes import edits, inversions, jobs, system
+from .routes import edits, inversions, jobs, system, webhooks
 from .routes.playground import router as playground
 
 log = logging.getLogger("bdia.api")
@@ -53,7 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         stop.set()
         if delivering is not None:
             await delivering
-        await services.redis.aclose()
+        await services.close()
 
     app = FastAPI(
         title="bdia",
@@ -68,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(LimitBody, limit=settings.max_request_bytes)
     app.add_middleware(Authenticate, keys=keys)
     app.add_middleware(CountRequests, counters=app.state.http_counters)
+    app.add_middleware(BodyDeadline, timeout_s=settings.http_body_timeout_s)
     if origins := [o.strip() for o in settings.cors_origins.split(",") if o.strip()]:
         app.add_middleware(  # outermost: preflights need no key, and errors carry the CORS headers too
             CORSMiddleware,
@@ -88,7 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     generate = app.openapi
     app.openapi = lambda: document(generate())  # type: ignore[method-assign]
 
-    for module in (inversions, edits, jobs, system):
+    for module in (inversions, edits, jobs, system, webhooks):
         app.include_router(module.router)
     app.include_router(playground)  # the page at /: not an API operation, open (its /v1 calls carry the key)
     return app
@@ -136,10 +138,19 @@ def cli(argv: list[str] | None = None) -> int:
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Run the API under uvicorn (``bdia serve``)."""
+    """Run the API under uvicorn (``bdia serve``), with the limits on slow and numerous clients of
+    ``deadlines.uvicorn_options`` (``BDIA_HTTP_*``)."""
     import uvicorn
 
     settings = get_settings()
     configure_logging(settings)
     app = create_app(settings)
-    uvicorn.run(app, host=host, port=port, log_config=None, proxy_headers=True, access_log=settings.access_log)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        proxy_headers=True,
+        access_log=settings.access_log,
+        **uvicorn_options(settings),
+    )

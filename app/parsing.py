@@ -10,19 +10,24 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Annotated, Any
+from collections.abc import Iterable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Header, Request, UploadFile
 from pydantic import BaseModel
 
 from bdia.errors import GammaUnstable
 from bdia.jobqueue.cache import InversionSpec
+from bdia.jobqueue.models import ModelRecord, ModelRegistry, record_ttl_s
 from bdia.jobqueue.settings import Settings
-from bdia.params import SamplingParams
+from bdia.params import EditParams, SamplingParams, flow_edit_problem
 
+from .deps import Services
 from .problems import Problem, invalid
 from .schemas import InversionParamsIn, no_default
-from .uploads import ImageUpload, validate_image
+from .uploads import ImageUpload, check_image
+
+E = TypeVar("E", bound=EditParams)
 
 FORM_MEDIA_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 FORM_LIMITS = {"max_files": 4, "max_fields": 64}
@@ -77,14 +82,16 @@ def fingerprint(body: BaseModel, files: dict[str, bytes] | None = None) -> str:
 
 
 async def read_image(upload: UploadFile, name: str, settings: Settings) -> ImageUpload:
-    """The validated image uploaded as form field ``name`` (read up to one byte over the limit)."""
+    """The validated image uploaded as form field ``name`` (read up to one byte over the limit; decoded off
+    the event loop, ``uploads.check_image``)."""
     data = await upload.read(settings.max_upload_bytes + 1)
-    return validate_image(
+    return await check_image(
         data,
         field=name,
         max_bytes=settings.max_upload_bytes,
         max_pixels=settings.max_pixels,
         max_aspect_ratio=settings.max_aspect_ratio,
+        threads=settings.decode_threads,
     )
 
 
@@ -137,22 +144,48 @@ def check_model(settings: Settings, name: str | None) -> str:
     return model
 
 
+MODEL_RETRY_AFTER_S = 30
+"""``Retry-After`` of a 503 ``model_unavailable``: about how long a worker takes to start and announce its model."""
+
+
+async def served_model(services: Services, name: str | None) -> ModelRecord:
+    """The registry record (``bdia.jobqueue.models``) of the served model a request names (the default when it
+    names none): 422 ``unknown_model`` when it is not served here, 503 ``model_unavailable`` when no worker
+    has announced it within ``model_ttl_s`` (its jobs would only wait in the queue)."""
+    settings = services.settings
+    model = check_model(settings, name)
+    record = await ModelRegistry(services.redis, settings, services.keys).get(model)
+    if record is None:
+        raise Problem(
+            503,
+            "model_unavailable",
+            f"no worker serves model {model!r} (none has announced it in the last {record_ttl_s(settings)} s): "
+            "try again later",
+            headers={"Retry-After": str(MODEL_RETRY_AFTER_S)},
+            model=model,
+        )
+    return record
+
+
 def inversion_spec(
-    settings: Settings, params: InversionParamsIn, prompt: str, image: ImageUpload, prompt_field: str, tenant: str
+    settings: Settings,
+    params: InversionParamsIn,
+    prompt: str,
+    image: ImageUpload,
+    prompt_field: str,
+    tenant: str,
+    record: ModelRecord,
 ) -> InversionSpec:
-    """The checked spec of ``tenant``'s inversion request: limits, the model, and the γ stability bound."""
+    """The checked spec of ``tenant``'s inversion request for the model of ``record`` (``served_model``): the
+    parameters the request leaves out are that model's defaults, so the spec (the cache key) is concrete;
+    then the limits, the model's schedule and the γ stability bound."""
+    given = {name: getattr(params, name) for name in params.model_fields_set & SamplingParams.model_fields.keys()}
+    values = record.defaults.inversion(**given)
     check_prompt(settings, prompt_field, prompt)
-    check_prompt(settings, "negative_prompt", params.negative_prompt)
-    check_guidance(settings, "guidance_scale", params.guidance_scale)
-    if params.steps > settings.max_steps:
-        raise invalid("steps", f"must be at most {settings.max_steps}, got {params.steps}")
-    spec = InversionSpec(
-        model=check_model(settings, params.model),
-        image_sha256=image.sha256,
-        tenant=tenant,
-        prompt=prompt,
-        **params.model_dump(include=set(SamplingParams.model_fields)),
-    )
+    check_prompt(settings, "negative_prompt", values["negative_prompt"])
+    check_guidance(settings, "guidance_scale", values["guidance_scale"])
+    check_steps(settings, values["steps"], record)
+    spec = InversionSpec(model=record.name, image_sha256=image.sha256, tenant=tenant, prompt=prompt, **values)
     try:
         spec.check(settings.gamma_bound)
     except GammaUnstable as exc:
@@ -162,3 +195,33 @@ def inversion_spec(
             "gamma", f"gamma={spec.gamma:g} amplifies errors beyond any bound", code="gamma_unstable"
         ) from None
     return spec
+
+
+def check_steps(settings: Settings, steps: int, record: ModelRecord) -> None:
+    """422 ``invalid_parameter`` for more steps than ``BDIA_MAX_STEPS`` or than the model's schedule has."""
+    if steps > settings.max_steps:
+        raise invalid("steps", f"must be at most {settings.max_steps} (BDIA_MAX_STEPS), got {steps}")
+    if steps > record.max_steps:
+        raise invalid(
+            "steps", f"must be at most {record.max_steps} for model {record.name!r} (its noise schedule), got {steps}"
+        )
+
+
+def given(body: BaseModel, names: Iterable[str]) -> dict[str, Any]:
+    """Those of the fields ``names`` that the request body sets (to anything but null)."""
+    return {
+        name: value for name in names if name in body.model_fields_set and (value := getattr(body, name)) is not None
+    }
+
+
+def edit_settings(record: ModelRecord, spec: InversionSpec, edit: E, *, masked: bool = False) -> E:
+    """An edit's settings for the inversion ``spec``: the fields ``edit`` sets, else, for an edit (a prompt
+    other than the source's; a reconstruction keeps the inversion's settings), the model's edit defaults
+    (``record``), else the inversion's guidance and negative prompt. 422 ``invalid_parameter`` for attention
+    control or an automatic mask (without a ``masked`` image) on a flow model (``flow_edit_problem``)."""
+    edit = record.defaults.edit_for(edit, spec.prompt)
+    is_edit = edit.prompt is not None and edit.prompt != spec.prompt
+    if is_edit and record.prediction_type == "flow" and (problem := flow_edit_problem(edit, masked=masked)):
+        raise invalid(*problem)
+    inherited = {"guidance_scale": spec.guidance_scale, "negative_prompt": spec.negative_prompt}
+    return edit.model_copy(update={k: v for k, v in inherited.items() if getattr(edit, k) is None})

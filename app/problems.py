@@ -18,6 +18,7 @@ STATUS_CODES = {
     404: "not_found",
     405: "method_not_allowed",
     406: "not_acceptable",
+    408: "request_timeout",
     409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
@@ -89,8 +90,8 @@ DESCRIPTIONS = {
     413: "Body or image too large (`payload_too_large`, `image_too_large`)",
     415: "Wrong body media type, or an image that is not PNG, JPEG or WebP (`unsupported_media_type`)",
     422: "Invalid request, with an `errors` list (`invalid_parameter`, `invalid_image`, `gamma_unstable`, "
-    "`unknown_model`, `idempotency_key_reused`, `webhooks_disabled`)",
-    429: "Too many submissions or unfinished jobs (`rate_limited`, with Retry-After)",
+    "`unknown_model`, `idempotency_key_reused`, `webhooks_disabled`, `webhook_url_forbidden`)",
+    429: "Too many submissions, unfinished jobs or open event streams (`rate_limited`, with Retry-After)",
     503: "Queue full (`queue_full`) or the job store unavailable (`unavailable`), with Retry-After",
 }
 

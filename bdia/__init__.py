@@ -31,6 +31,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_model": "models",
     "DiffusionModel": "models",
+    "BDIAScheduler": "scheduler",
     "configure_determinism": "numerics",
     "Denoiser": "denoiser",
     "LevelGrid": "grid",

@@ -110,13 +110,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
     _save_image(result.image, args.output)
     if args.save_latent:
         z0 = result.z0.to(model.dtype).cpu().contiguous()
+        chosen = model.defaults.sampling(steps=args.steps, gamma=args.gamma, guidance_scale=args.guidance)
         meta = {
             "model": model.name,
             "prompt": args.prompt,
             "seed": str(args.seed),
-            "steps": str(args.steps),
-            "gamma": str(args.gamma),
-            "guidance_scale": str(args.guidance),
+            **{name: str(value) for name, value in chosen.items()},
         }
         _atomic_write(args.save_latent, save({"z0": z0}, metadata=meta))
     report = {
@@ -136,6 +135,7 @@ def cmd_invert(args: argparse.Namespace) -> int:
     from safetensors.torch import load, save
 
     from .imaging import load_image
+    from .inversion import read_metadata
     from .ops import invert
 
     source = Path(args.image)
@@ -158,8 +158,9 @@ def cmd_invert(args: argparse.Namespace) -> int:
             callback=callback,
         )
     # The source's size rides along in the file's metadata, so that `bdia edit --mask` can check the mask against it.
-    metadata = {**inversion.metadata(), SOURCE_SIZE: f"{picture.width}x{picture.height}"}
-    _atomic_write(args.output, save(load(inversion.to_bytes()), metadata=metadata))
+    data = inversion.to_bytes()
+    metadata = {**read_metadata(data), SOURCE_SIZE: f"{picture.width}x{picture.height}"}
+    _atomic_write(args.output, save(load(data), metadata=metadata))
     summary = (
         f"wrote {args.output} (level {inversion.level}, {inversion.nfe} NFE, {inversion.seconds:.2f} s, "
         f"latent std {inversion.latent_std:.3f}, fingerprint {inversion.fingerprint_id})"
@@ -191,6 +192,30 @@ def _source_size(data: bytes) -> tuple[int, int] | None:
         return None
 
 
+def _edit_params(args: argparse.Namespace):
+    """The ``EditParams`` of the control flags given (the rest keep their defaults); one-line errors."""
+    from .params import EditParams
+
+    fields: dict[str, Any] = {
+        "control": args.control,
+        "cross_fraction": args.cross_fraction,
+        "self_fraction": args.self_fraction,
+        "blend_words": args.blend,
+        "mask_mode": args.mask_mode,
+        "mask_threshold": args.mask_threshold,
+    }
+    if args.reweight:
+        reweight = {}
+        for item in args.reweight:
+            word, _, factor = item.rpartition("=")
+            try:
+                reweight[word] = float(factor)
+            except ValueError:
+                raise BdiaError(f"--reweight takes WORD=FACTOR, got {item!r}") from None
+        fields["reweight"] = reweight
+    return EditParams.create(**{k: v for k, v in fields.items() if v is not None})
+
+
 def cmd_edit(args: argparse.Namespace) -> int:
     from .inversion import Inversion
     from .ops import regenerate
@@ -212,9 +237,12 @@ def cmd_edit(args: argparse.Namespace) -> int:
             mask=args.mask,
             image_size=_source_size(data),
             gamma=args.gamma,
+            edit=_edit_params(args),
             callback=callback,
         )
     _save_image(result.image, args.output)
+    if args.save_mask and result.mask_image is not None:
+        _save_image(result.mask_image, args.save_mask)
     # Only a reconstruction (nothing changed) has a source to compare with; an edit's distance from it means nothing.
     reconstruction = (
         args.mask is None
@@ -223,21 +251,42 @@ def cmd_edit(args: argparse.Namespace) -> int:
         and args.negative_prompt in (None, params.negative_prompt)
         and args.gamma in (None, params.gamma)
     )
-    summary = f"wrote {args.output} ({result.nfe} NFE, {result.seconds:.2f} s"
+    working = result.image if result.working_image is None else result.working_image
+    size = f"{result.image.width}×{result.image.height}"
+    summary = f"wrote {args.output} ({size}, {result.nfe} NFE, {result.seconds:.2f} s"
     report: dict[str, Any] = {
         "output": args.output,
         "model": model.name,
+        "width": result.image.width,
+        "height": result.image.height,
+        "working_width": working.width,
+        "working_height": working.height,
         "nfe": result.nfe,
         "seconds": result.seconds,
         "reconstruction": reconstruction,
         "fingerprint_match": result.fingerprint_match,
+        "mask": args.save_mask if result.mask_image is not None else None,
+        "mask_fraction": result.mask_fraction,
     }
+    if result.mask_fraction is not None:
+        summary += f"; mask covers {result.mask_fraction:.1%}" + (f", wrote {args.save_mask}" if args.save_mask else "")
+    elif args.save_mask:
+        summary += f"; no edit mask used, {args.save_mask} not written"
     if reconstruction:
         exactness = "exact" if result.exact else "near-exact" if not result.fingerprint_match else "float"
         summary += f"; latent max |error| vs source {result.latent_max_abs_error:.3g}, {exactness}"
         report.update(latent_max_abs_error=result.latent_max_abs_error, exact=result.exact)
+        if result.psnr is not None:  # the errors at the upload's size and at the working size (inf → null)
+            psnr, working_psnr = (None if v == float("inf") else v for v in (result.psnr, result.working_psnr))
+            summary += f"; PSNR vs source {_db(psnr)} at {size}"
+            summary += f", {_db(working_psnr)} at {working.width}×{working.height}"
+            report.update(psnr=psnr, working_psnr=working_psnr)
     _report(args, summary + ")", report)
     return 0
+
+
+def _db(value: float | None) -> str:
+    return "∞ dB (identical)" if value is None else f"{value:.2f} dB"
 
 
 def cmd_roundtrip(args: argparse.Namespace) -> int:
@@ -280,13 +329,18 @@ def _model_options(p: argparse.ArgumentParser, *, required_default: bool = True)
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
-def _exact_option(p: argparse.ArgumentParser, default: bool) -> None:
+def _exact_option(p: argparse.ArgumentParser, default: bool | None) -> None:
     p.add_argument(
         "--exact",
         action=argparse.BooleanOptionalAction,
         default=default,
-        help="fixed-point state for γ = 1 (bit-exact round trip); float64 state otherwise",
+        help="fixed-point state for γ = 1 (bit-exact round trip); float64 state otherwise"
+        + (" (default: the model's)" if default is None else ""),
     )
+
+
+MODEL_DEFAULT = "default: the model's (its folder's bdia_defaults.json, else built in)"
+"""Said of each setting whose default is the model's (``bdia.params.ModelDefaults``)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -302,29 +356,29 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(p)
     p.add_argument("--prompt", default="")
     p.add_argument("--negative-prompt", default="")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--gamma", type=float, default=1.0, help="0 = plain DDIM")
-    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--steps", type=int, default=None, help=MODEL_DEFAULT)
+    p.add_argument("--gamma", type=float, default=None, help=f"0 = plain DDIM, Euler for SD 3/Flux ({MODEL_DEFAULT})")
+    p.add_argument("--guidance", type=float, default=None, help=MODEL_DEFAULT + "; Flux: its distilled guidance")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--state-dtype", choices=("float64", "float32"), default="float64")
     _exact_option(p, False)
     p.add_argument("--output", required=True, help="PNG to write")
-    p.add_argument("--save-latent", default=None, help="safetensors file for z0 (the UNet latent)")
+    p.add_argument("--save-latent", default=None, help="safetensors file for z0, [1, C, h, w] (Flux: unpacked)")
     p.set_defaults(handler=cmd_sample)
 
     p = sub.add_parser("invert", help="invert an image into its exact latent pair")
     _model_options(p)
     p.add_argument("image")
     p.add_argument("--prompt", default="")
-    p.add_argument("--negative-prompt", default="")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--strength", type=float, default=1.0)
-    p.add_argument("--guidance", type=float, default=1.0)
-    p.add_argument("--gamma", type=float, default=1.0)
-    p.add_argument("--method", choices=("bdia", "ddim", "edict"), default="bdia")
-    _exact_option(p, True)
+    p.add_argument("--negative-prompt", default=None, help=MODEL_DEFAULT)
+    p.add_argument("--steps", type=int, default=None, help=MODEL_DEFAULT)
+    p.add_argument("--strength", type=float, default=None, help=MODEL_DEFAULT)
+    p.add_argument("--guidance", type=float, default=None, help=MODEL_DEFAULT)
+    p.add_argument("--gamma", type=float, default=None, help=MODEL_DEFAULT)
+    p.add_argument("--method", choices=("bdia", "ddim", "edict"), default=None, help=MODEL_DEFAULT)
+    _exact_option(p, None)
     p.add_argument("--output", required=True, help="safetensors file for the inversion")
     p.set_defaults(handler=cmd_invert)
 
@@ -345,19 +399,42 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="the regeneration's γ (default: the inversion's); < 1 damps colour casts in edits",
     )
+    p.add_argument(
+        "--control",
+        choices=("none", "cross", "cross+self"),
+        default=None,
+        help="attention control from the exact source branch (default: cross)",
+    )
+    p.add_argument("--cross-fraction", type=float, default=None, help="share of steps with cross-attention injection")
+    p.add_argument("--self-fraction", type=float, default=None, help="share of steps with self-attention injection")
+    p.add_argument("--reweight", action="append", metavar="WORD=FACTOR", help="scale a word's attention (repeatable)")
+    p.add_argument("--blend", action="append", metavar="WORD", help="a word whose attention makes the mask (repeated)")
+    p.add_argument(
+        "--mask-mode",
+        choices=("auto", "attention", "noise", "none"),
+        default=None,
+        help="the automatic edit mask (default: auto); none turns blending off. --mask gives one instead",
+    )
+    p.add_argument("--mask-threshold", type=float, default=None, help="share of the attention peak in the mask")
     p.add_argument("--output", required=True, help="PNG to write")
+    p.add_argument(
+        "--save-mask",
+        default=None,
+        metavar="PNG",
+        help="write the edit mask used (the output's size, white = changed); nothing when the edit used none",
+    )
     p.set_defaults(handler=cmd_edit)
 
     p = sub.add_parser("roundtrip", help="invert and regenerate a latent, report the error")
     _model_options(p)
-    p.add_argument("--method", choices=("bdia", "ddim", "edict"), default="bdia")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--gamma", type=float, default=1.0)
-    p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--method", choices=("bdia", "ddim", "edict"), default=None, help=MODEL_DEFAULT)
+    p.add_argument("--steps", type=int, default=None, help=MODEL_DEFAULT)
+    p.add_argument("--gamma", type=float, default=None, help=MODEL_DEFAULT)
+    p.add_argument("--guidance", type=float, default=None, help=MODEL_DEFAULT)
     p.add_argument("--prompt", default="")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--state-dtype", choices=("float64", "float32"), default="float64")
-    _exact_option(p, True)
+    p.add_argument("--state-dtype", choices=("float64", "float32"), default=None, help=MODEL_DEFAULT)
+    _exact_option(p, None)
     p.set_defaults(handler=cmd_roundtrip)
 
     for command in service_commands():
@@ -411,8 +488,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "passthrough", False):
             return run_service_command(args.handler, rest)
         return run_engine_command(args)
-    except ValidationError as exc:
-        print(f"bdia: error: {one_line(exc)}", file=sys.stderr)
+    except ValidationError as exc:  # a service's settings may hold secrets: name the field, not its value
+        print(f"bdia: error: {one_line(exc, inputs=not getattr(args, 'passthrough', False))}", file=sys.stderr)
         return 2
     except (BdiaError, OSError, ValueError) as exc:
         print(f"bdia: error: {exc}", file=sys.stderr)

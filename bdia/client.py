@@ -247,6 +247,10 @@ class BdiaClient:
                         raise TimeoutError(f"job {job_id} did not finish within {timeout}s")
             except httpx.TransportError:
                 pass  # fall back to polling
+            except ApiError as exc:
+                if exc.status not in (429, 503):
+                    raise
+                # the tenant holds too many streams, or the API is briefly unavailable: poll instead
         while True:
             current = self.job(job_id)
             if current.status in TERMINAL:
@@ -263,6 +267,10 @@ class BdiaClient:
     def result(self, job_id: str) -> bytes:
         """The PNG output of a finished edit or reconstruction."""
         return self._request("GET", f"/v1/jobs/{job_id}/result").content
+
+    def mask(self, job_id: str) -> bytes:
+        """The edit mask a finished edit used: PNG at the result's size, white = changed (404 when it had none)."""
+        return self._request("GET", f"/v1/jobs/{job_id}/mask").content
 
     # --- inversions and the deployment ----------------------------------------------------------
 

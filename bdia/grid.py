@@ -6,6 +6,7 @@ All coefficients are kept in float64.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,13 @@ class LevelGrid:
         if not 1 <= i <= self.steps:
             raise IndexError(f"level {i} has no timestep (levels 1…{self.steps})")
         return self.timesteps[i]  # type: ignore[return-value]
+
+    def level(self, timestep: int) -> int:
+        """The level 1…N whose network timestep is ``timestep`` (what a diffusers pipeline hands a scheduler)."""
+        try:
+            return self.timesteps.index(int(timestep), 1)
+        except ValueError:
+            raise InvalidParameter(f"timestep {int(timestep)} is not on this grid ({self.timesteps[1:]})") from None
 
     def alpha(self, i: int) -> float:
         """α_i = sqrt(ᾱ_i)."""
@@ -66,7 +74,9 @@ class LevelGrid:
 
         from diffusers import DDIMScheduler
 
-        ddim = DDIMScheduler.from_config(config)
+        # Only DDIM's own keys: other schedulers' (SDXL's Euler, BDIAScheduler's gamma) would be warned about.
+        known = inspect.signature(DDIMScheduler.__init__).parameters
+        ddim = DDIMScheduler.from_config({k: v for k, v in dict(config).items() if k in known or k.startswith("_")})
         ddim.set_timesteps(steps)
         ts = sorted(int(t) for t in ddim.timesteps)
         if ts[-1] >= train_steps or ts[0] < 0:

@@ -1,4 +1,4 @@
-"""Images in and out: loading, fitting to the model, pixels ↔ tensors ↔ latents, PSNR.
+"""Images in and out: loading, fitting to the model, pixels ↔ tensors ↔ latents, masks at the upload's size, PSNR.
 
 Pixel conventions follow diffusers' VaeImageProcessor, so results compare with its pipelines.
 """
@@ -68,6 +68,93 @@ def fit_to_model(image: Image.Image, height: int, width: int) -> Image.Image:
     return resized.crop((left, top, left + width, top + height))
 
 
+def size_multiple(model: DiffusionModel) -> int:
+    """What each side of a working size must be a multiple of: the latent factor × the UNet's downsampling.
+
+    The UNet halves the latent once per block after the first, so a side that is not a multiple of
+    2^(blocks − 1) would be padded and cropped inside the network.
+    """
+    if hasattr(model.conditioner, "patch_size"):  # flow transformers: latent cells per token (bdia.flow)
+        return model.vae_scale_factor * model.conditioner.patch_size(model)
+    blocks = len(model.unet.config.block_out_channels)
+    return model.vae_scale_factor * 2 ** (blocks - 1)
+
+
+def working_size(model: DiffusionModel, size: tuple[int, int]) -> tuple[int, int]:
+    """The (width, height) an image of ``size`` (width, height) is edited at: its aspect ratio, closest.
+
+    Within the model's pixel budget (native height × width), each side a multiple of ``size_multiple``:
+    of the heights that allow it, the one whose widest width gives the aspect ratio nearest to the
+    image's (in log ratio), larger areas first on ties. A square image gets the model's native size.
+    """
+    width, height = size
+    if width < 1 or height < 1:
+        raise InvalidParameter(f"image size must be positive, got {width}×{height}")
+    step, budget = size_multiple(model), model.height * model.width
+    target = math.log(width / height)
+    best: tuple[float, int, tuple[int, int]] | None = None
+    for h in range(step, budget // step + 1, step):
+        w = budget // h // step * step
+        if w < step:
+            break
+        key = (round(abs(math.log(w / h) - target), 12), -w * h, (w, h))
+        if best is None or key < best:
+            best = key
+    assert best is not None  # the native size itself always fits
+    return best[2]
+
+
+def resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """``image`` at ``size`` (width, height), Lanczos, no cropping; one already of that size is returned as is."""
+    if image.size == tuple(size):
+        return image
+    return image.resize(tuple(size), Image.Resampling.LANCZOS)
+
+
+def fit_to_working(model: DiffusionModel, image: Image.Image) -> Image.Image:
+    """The image at its working size (``working_size``): resized whole, its aspect ratio kept, nothing cut."""
+    return resize(image, working_size(model, image.size))
+
+
+MASK_DILATION = 1
+"""Latent cells a mask grows by before the upload's pixels are pasted back outside it: the VAE decoder
+(and the resampling to the upload's size) spread a changed cell's effect about that far."""
+
+
+def mask_image(mask: torch.Tensor, size: tuple[int, int], *, dilation: int = MASK_DILATION) -> Image.Image:
+    """A latent mask (boolean [1, 1, h, w], True = may change) as an "L" image of ``size``: white = changed.
+
+    The mask is dilated by ``dilation`` cells, then resized (bilinear) with every pixel it reaches made
+    white: the region where a result may differ from its source (``paste_outside`` keeps the rest).
+    """
+    m = mask.detach().to("cpu", torch.float32).reshape(1, 1, *mask.shape[-2:])
+    if dilation > 0:
+        m = torch.nn.functional.max_pool2d(m, 2 * dilation + 1, stride=1, padding=dilation)
+    cells = Image.fromarray((m[0, 0].numpy() > 0).astype(np.uint8) * 255, "L")
+    if cells.size == tuple(size):
+        return cells
+    return cells.resize(tuple(size), Image.Resampling.BILINEAR).point(lambda v: 255 if v else 0)
+
+
+def paste_outside(edited: Image.Image, source: Image.Image, mask: Image.Image) -> Image.Image:
+    """``edited`` inside the white of ``mask``, ``source``'s own pixels (bit for bit) everywhere else."""
+    return Image.composite(
+        edited.convert("RGB"), source.convert("RGB"), mask.convert("L").point(lambda v: 255 if v else 0)
+    )
+
+
+def covered(mask: Image.Image) -> float:
+    """The fraction of a mask image's pixels that are white (may change)."""
+    return float(np.count_nonzero(np.asarray(mask.convert("L")))) / (mask.width * mask.height)
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """PNG bytes of an image: lossless, the same pixels always give the same bytes."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def to_tensor(image: Image.Image) -> torch.Tensor:
     """[1, 3, H, W] float32 in [-1, 1] (VaeImageProcessor's preprocess)."""
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
@@ -97,6 +184,8 @@ def encode(model: DiffusionModel, image: Image.Image) -> torch.Tensor:
         return x
     with torch.no_grad():
         mean = model.vae.encode(x.to(model.device, model.dtype)).latent_dist.mean
+    if model.shift_factor:  # SD 3, Flux: z = (mean − shift)·scaling, as their pipelines encode
+        mean = mean - model.shift_factor
     return (mean * model.scaling_factor).float().cpu()
 
 
@@ -105,7 +194,10 @@ def decode(model: DiffusionModel, z0: torch.Tensor) -> Image.Image:
     if model.vae is None:
         return to_image(z0)
     with torch.no_grad():
-        pixels = model.vae.decode(z0.to(model.device, model.dtype) / model.scaling_factor, return_dict=False)[0]
+        z = z0.to(model.device, model.dtype) / model.scaling_factor
+        if model.shift_factor:  # SD 3, Flux: z / scaling + shift, as their pipelines decode
+            z = z + model.shift_factor
+        pixels = model.vae.decode(z, return_dict=False)[0]
     return to_image(pixels)
 
 

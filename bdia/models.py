@@ -1,20 +1,23 @@
 """Diffusion models: one object holding the networks, the tokenizer and the noise schedule.
 
 ``load_model`` accepts the seeded ``tiny-random`` family (built from configs, nothing
-downloaded), the bundled ``shapes`` model, a local diffusers folder in
-StableDiffusionPipeline layout, or a hub id. A model without a VAE works in pixel space:
+downloaded), the bundled ``shapes`` model, a local diffusers folder or a hub id in
+StableDiffusionPipeline or StableDiffusionXLPipeline layout (``bdia.families``) or StableDiffusion3Pipeline
+or FluxPipeline layout (``bdia.flow``), or, through
+``DiffusionModel.from_pipeline``, a pipeline already loaded. A model without a VAE works in pixel space:
 its "latent" is the image itself scaled to [-1, 1].
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +25,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .errors import InvalidParameter, UnknownModel
+from .families import Family, PromptRows, StableDiffusion, family_for
+from .grid import LevelGrid
+from .params import DEFAULTS_FILE, ModelDefaults, read_defaults
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
@@ -44,7 +50,6 @@ SD15_SCHEDULER: dict[str, Any] = {
     "timestep_spacing": "leading",
 }
 
-_PIPELINE_PARTS = ("unet", "text_encoder", "tokenizer", "scheduler")
 _TINY_NAME = re.compile(r"tiny-random(?P<v>-v)?(?P<pixel>-pixel)?(?:-seed(?P<seed>[1-9]\d*))?")
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 _DTYPES = {
@@ -78,6 +83,12 @@ class DiffusionModel:
     scheduler: SchedulerMixin
     device: torch.device
     dtype: torch.dtype
+    family: str = "stable-diffusion"
+    """What kind of model: ``tiny-random``, ``shapes`` or ``stable-diffusion`` (SD 1.x/2.x layout)."""
+    defaults: ModelDefaults = field(default_factory=ModelDefaults)
+    """Its recommended parameters: its folder's ``bdia_defaults.json``, else the built-in defaults."""
+    conditioner: Family = field(default_factory=StableDiffusion)
+    """Its pipeline family's prompt encoding and extra networks (``bdia.families``)."""
 
     @property
     def pixel_space(self) -> bool:
@@ -95,8 +106,15 @@ class DiffusionModel:
         return 1.0 if self.vae is None else float(self.vae.config.scaling_factor)
 
     @property
+    def shift_factor(self) -> float:
+        """The VAE latent shift (SD 3, Flux: z = (mean − shift)·scaling); 0 for the others and in pixel space."""
+        return 0.0 if self.vae is None else float(self.vae.config.get("shift_factor") or 0.0)
+
+    @property
     def latent_shape(self) -> tuple[int, int, int]:
         """(C, h, w) of the network's input at the native size."""
+        if hasattr(self.conditioner, "latent_shape"):  # flow transformers (bdia.flow)
+            return self.conditioner.latent_shape(self)
         size = self.unet.config.sample_size
         h, w = (size, size) if isinstance(size, int) else size
         return int(self.unet.config.in_channels), int(h), int(w)
@@ -112,9 +130,27 @@ class DiffusionModel:
         return self.latent_shape[2] * self.vae_scale_factor
 
     @property
+    def num_train_timesteps(self) -> int:
+        """The length of its noise schedule: the most sampling steps it allows."""
+        return int(self.scheduler.config.num_train_timesteps)
+
+    @cached_property
+    def max_steps(self) -> int:
+        """The most sampling steps its schedule allows (``schedule_max_steps``)."""
+        return schedule_max_steps(self.scheduler)
+
+    @property
     def prediction_type(self) -> str:
-        """What the network predicts: ``"epsilon"`` or ``"v_prediction"``."""
-        return str(self.scheduler.config.get("prediction_type", "epsilon"))
+        """What the network predicts: ``"epsilon"``, ``"v_prediction"`` or ``"flow"`` (a velocity, ``bdia.flow``)."""
+        flow = getattr(self.conditioner, "prediction_type", None)
+        return str(flow or self.scheduler.config.get("prediction_type", "epsilon"))
+
+    def level_grid(self, steps: int, size: tuple[int, int] | None = None) -> LevelGrid:
+        """The level grid of ``steps`` steps for latents of ``size`` (h, w; default: native): a flow model's
+        sigmas depend on the size (``bdia.flow``); the others' come from ``LevelGrid.from_scheduler``."""
+        if hasattr(self.conditioner, "level_grid"):
+            return self.conditioner.level_grid(self, steps, tuple(size or self.latent_shape[1:]))
+        return LevelGrid.from_scheduler(self.scheduler, steps)
 
     @property
     def compiled(self) -> bool:
@@ -144,8 +180,8 @@ class DiffusionModel:
     def weights_digest(self) -> str:
         """A short sha256 of every weight (names, dtypes, shapes and bytes), computed once per model."""
         digest = hashlib.sha256()
-        for part in ("unet", "text_encoder", "vae"):
-            module = getattr(self, part)
+        parts = {p: getattr(self, p) for p in ("unet", "text_encoder", "vae")} | self.conditioner.modules()
+        for part, module in parts.items():
             if module is None:
                 continue
             module = getattr(module, "_orig_mod", module)
@@ -155,46 +191,82 @@ class DiffusionModel:
                 digest.update(data.numpy())
         return digest.hexdigest()[:16]
 
-    def encode_prompt(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Text embeddings [B, L, D] in the model dtype, exactly as StableDiffusionPipeline computes them."""
+    def encode(self, prompts: Sequence[str], *, negative: bool = False) -> PromptRows:
+        """Prompt rows (embeddings [B, L, D] and extra per-row UNet inputs) exactly as the model's diffusers
+        pipeline computes them; ``negative``: these are negative prompts (an empty one is "none")."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        tokens = self.tokenizer(
-            prompts,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
-        mask = None
-        if getattr(self.text_encoder.config, "use_attention_mask", False):
-            mask = tokens.attention_mask.to(self.device)
-        with torch.no_grad():
-            embeddings = self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask)[0]
-        return embeddings.to(self.device, self.text_encoder.dtype)
+        return self.conditioner.encode(self, prompts, negative=negative)
 
-    def predict(self, latents: torch.Tensor, timestep: int | torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+    def encode_prompt(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Text embeddings [B, L, D] in the model dtype, exactly as its diffusers pipeline computes them."""
+        return self.encode(prompts).embeddings
+
+    def predict(
+        self,
+        latents: torch.Tensor,
+        timestep: int | torch.Tensor,
+        embeddings: torch.Tensor,
+        added: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """The raw UNet output for a batch (ε or v, per ``prediction_type``), in the model dtype.
 
-        ``timestep`` is one int for every row, or a tensor with one timestep per row.
+        ``timestep`` is one int for every row, or a tensor with one timestep per row; ``added`` holds the
+        family's extra per-row inputs (``PromptRows.added``), one row per latent.
         """
+        if hasattr(self.conditioner, "predict"):  # flow transformers (bdia.flow): float timesteps, own inputs
+            return self.conditioner.predict(self, latents, timestep, embeddings, added or {})
         if isinstance(timestep, torch.Tensor):
             t = timestep.to(self.device, torch.int64)
             if t.ndim == 1 and t.shape[0] != latents.shape[0]:
                 raise InvalidParameter(f"got {t.shape[0]} timesteps for a batch of {latents.shape[0]}")
         else:
             t = torch.tensor(int(timestep), dtype=torch.int64, device=self.device)
+        latents = latents.to(self.device, self.dtype)
+        added = {k: v.to(self.device, self.dtype) for k, v in (added or {}).items()}
         with torch.no_grad():
-            return self.unet(
-                latents.to(self.device, self.dtype),
-                t,
-                encoder_hidden_states=embeddings.to(self.device, self.dtype),
-                return_dict=False,
-            )[0]
+            return self.conditioner.forward(self, latents, t, embeddings.to(self.device, self.dtype), added)
+
+    @classmethod
+    def from_pipeline(cls, pipe: Any, name: str | None = None) -> DiffusionModel:
+        """A model over the networks of a diffusers pipeline the caller already loaded (any family of
+        ``bdia.families``): nothing is copied or moved, so its dtype, device placement (offloading hooks
+        included) and adapters (LoRA) stay as they are. Its scheduler's config is read into DDIM (flow-matching
+        families: into a fresh scheduler of its own class) for the level grid; its modules are put in eval mode
+        without gradients. ``name`` defaults to the folder or hub
+        id it was loaded from; a folder's ``bdia_defaults.json`` is read.
+
+        An SDXL float16 VAE with ``force_upcast`` is cast to float32 in place (``bdia.families.upcast_vae``).
+        """
+        from diffusers import DDIMScheduler
+
+        config = dict(pipe.config)
+        kind = family_for(config.get("_class_name") or type(pipe).__name__, name or type(pipe).__name__)
+        if hasattr(kind, "wrap_pipeline"):  # flow transformers (bdia.flow): their own parts and scheduler
+            return kind.wrap_pipeline(pipe, name)
+        origin = config.get("_name_or_path")
+        name = name or (str(origin) if origin else type(pipe).__name__)
+        conditioner = kind.from_components(pipe.components, config)
+        network = pipe.components.get("unet") or pipe.components.get("transformer")
+        problem = conditioner.check(network)
+        if problem:
+            raise UnknownModel(f"pipeline {name!r} does not fit {kind.pipelines[0]}: {problem}")
+        device, dtype = torch.device(pipe._execution_device), network.dtype
+        schedule = type(pipe.scheduler) if hasattr(kind, "load_model") else DDIMScheduler  # flow: its own class
+        scheduler = schedule.from_config(pipe.scheduler.config)
+        folder = Path(str(origin)) if origin else None
+        max_steps = schedule_max_steps(scheduler)
+        defaults = model_defaults(folder, max_steps) if folder is not None and folder.is_dir() else None
+        vae = conditioner.prepare_vae(pipe.vae, dtype)
+        parts = (network, pipe.text_encoder, pipe.tokenizer, vae, scheduler, device, dtype, kind.name, defaults)
+        return _assemble(name, *parts, conditioner, move=False)
 
     def info(self) -> dict[str, Any]:
-        """A JSON-able summary for the API and the CLI."""
+        """A JSON-able summary for the API (its workers publish it: ``bdia.jobqueue.models``) and the CLI."""
+        from .imaging import size_multiple  # imaging builds on this module
+
         return {
             "name": self.name,
+            "family": self.family,
             "height": self.height,
             "width": self.width,
             "latent_shape": list(self.latent_shape),
@@ -202,6 +274,11 @@ class DiffusionModel:
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": str(self.device),
             "pixel_space": self.pixel_space,
+            "latent_factor": self.vae_scale_factor,
+            "size_multiple": size_multiple(self),
+            "num_train_timesteps": self.num_train_timesteps,
+            "max_steps": self.max_steps,
+            "defaults": self.defaults.model_dump(mode="json"),
         }
 
 
@@ -298,7 +375,7 @@ def _load_named(name: str, device: torch.device, dtype: torch.dtype) -> Diffusio
     if name == SHAPES:
         if not SHAPES_DIR.is_dir():
             raise UnknownModel(f"the bundled 'shapes' weights are missing (no diffusers folder at {SHAPES_DIR})")
-        return _load_pretrained(SHAPES, SHAPES_DIR, device, dtype)
+        return _load_pretrained(SHAPES, SHAPES_DIR, device, dtype, family=SHAPES)
     match = _TINY_NAME.fullmatch(name)
     return tiny_random_model(
         "v_prediction" if match["v"] else "epsilon",
@@ -309,46 +386,123 @@ def _load_named(name: str, device: torch.device, dtype: torch.dtype) -> Diffusio
     )
 
 
-def _load_pretrained(name: str, source: str | Path, device: torch.device, dtype: torch.dtype) -> DiffusionModel:
-    """Load the components one by one with their classes' ``from_pretrained`` (safetensors preferred).
+def _load_pretrained(
+    name: str, source: str | Path, device: torch.device, dtype: torch.dtype, family: str | None = None
+) -> DiffusionModel:
+    """Load the components one by one with their classes' ``from_pretrained`` (safetensors preferred),
+    and the folder's ``bdia_defaults.json`` when it has one. The pipeline family (``bdia.families``) is
+    read from ``model_index.json``'s ``_class_name`` (a folder without one is taken as SD 1.x/2.x).
 
     ``source`` is a local folder (a Path: nothing is downloaded) or a hub id (a str).
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from diffusers import AutoencoderKL, DiffusionPipeline
 
     local = isinstance(source, Path)
+    where = "from the folder" if local else "from the hub"
+    options = {"local_files_only": local}
+    try:
+        if local:
+            index = source / "model_index.json"
+            config = json.loads(index.read_text()) if index.is_file() else {}
+        else:
+            config = dict(DiffusionPipeline.load_config(source))
+    except Exception as exc:
+        raise _cannot_load(name, where, exc) from exc
+    kind = family_for(config.get("_class_name"), name)
+    if hasattr(kind, "load_model"):  # flow transformers (bdia.flow) load their own parts
+        return kind.load_model(name, source, config, device, dtype)
     if local:
-        missing = [part for part in _PIPELINE_PARTS if not (source / part).is_dir()]
+        missing = [part for part in (kind.network, *kind.text_parts, "scheduler") if not (source / part).is_dir()]
         if missing:
             raise UnknownModel(
                 f"{name!r} is not a diffusers pipeline folder: no {', '.join(p + '/' for p in missing)} "
-                "(expected the StableDiffusionPipeline layout)"
+                f"(expected the {kind.pipelines[0]} layout)"
             )
-        has_vae = (source / "vae").is_dir()
+    has_vae = (source / "vae").is_dir() if local else bool(config.get("vae", [None])[0])
     try:
-        if not local:
-            has_vae = bool(DiffusionPipeline.load_config(source).get("vae", [None])[0])
-        options = {"local_files_only": local}
-        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **options)
-        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", dtype=dtype, **options)
-        tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **options)
-        scheduler = DDIMScheduler.from_pretrained(source, subfolder="scheduler", **options)
+        unet, text_encoder, tokenizer, scheduler = kind.load_networks(source, dtype, **options)
         vae = AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **options) if has_vae else None
+        conditioner = kind.load(source, config, dtype, **options)
     except Exception as exc:
-        where = "from the folder" if local else "from the hub"
-        cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UnknownModel(f"cannot load model {name!r} {where}: {cause}") from exc
-    if unet.config.addition_embed_type or unet.config.class_embed_type or unet.config.cross_attention_dim is None:
-        raise UnknownModel(f"model {name!r} needs extra conditioning: only SD 1.x/2.x-style pipelines are supported")
-    return _assemble(name, unet, text_encoder, tokenizer, vae, scheduler, device, dtype)
+        raise _cannot_load(name, where, exc) from exc
+    problem = conditioner.check(unet)
+    if problem:
+        raise UnknownModel(f"model {name!r} does not fit {kind.pipelines[0]}: {problem}")
+    defaults = model_defaults(source, schedule_max_steps(scheduler))
+    parts = (unet, text_encoder, tokenizer, conditioner.prepare_vae(vae, dtype), scheduler)
+    return _assemble(name, *parts, device, dtype, family or kind.name, defaults, conditioner)
 
 
-def _assemble(name, unet, text_encoder, tokenizer, vae, scheduler, device, dtype) -> DiffusionModel:
-    for module in (unet, text_encoder, vae):
+def _cannot_load(name: str, where: str, exc: Exception) -> UnknownModel:
+    cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return UnknownModel(f"cannot load model {name!r} {where}: {cause}")
+
+
+def schedule_max_steps(scheduler: Any) -> int:
+    """The most sampling steps a DDIM-type schedule allows (``LevelGrid.from_scheduler`` builds their grid):
+    ``num_train_timesteps``, or less where the timestep spacing would put the last step past the schedule's
+    end (SD's "leading" spacing with offset 1: 999 of 1000). The API refuses more (``bdia.jobqueue.models``)."""
+    from .grid import LevelGrid
+
+    train_steps = int(scheduler.config.num_train_timesteps)
+    for steps in range(train_steps, max(0, train_steps - 64), -1):
+        try:
+            LevelGrid.from_scheduler(scheduler, steps)
+            return steps
+        except InvalidParameter:
+            continue
+    return train_steps  # no grid near the end: leave the refusal to the engine
+
+
+def model_defaults(source: str | Path, max_steps: int) -> ModelDefaults | None:
+    """The ``bdia_defaults.json`` of a folder (a Path) or hub repository (a str), checked against the model's
+    ``max_steps``; None when there is none (the family's ``builtin_defaults`` apply). A bad file raises
+    ``InvalidParameter`` naming it."""
+    if isinstance(source, Path):
+        return read_defaults(source, max_steps) if (source / DEFAULTS_FILE).is_file() else None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        path = hf_hub_download(str(source), DEFAULTS_FILE)
+    except EntryNotFoundError:  # not in the repository (remote), or not cached (offline)
+        return None
+    return ModelDefaults.read(path, max_steps)
+
+
+def _over(given: ModelDefaults | None, family: ModelDefaults) -> ModelDefaults:
+    """A folder's ``bdia_defaults.json`` (``given``) over its family's built-in defaults: what the file leaves
+    out (at the top level, in ``edit`` and in ``sample``) is the family's."""
+    if given is None:
+        return family
+    update: dict[str, Any] = {name: getattr(given, name) for name in given.model_fields_set - {"edit", "sample"}}
+    for part in ("edit", "sample"):
+        own = getattr(given, part)
+        update[part] = getattr(family, part).model_copy(update={n: getattr(own, n) for n in own.model_fields_set})
+    return family.model_copy(update=update)
+
+
+def _assemble(
+    name,
+    unet,
+    text_encoder,
+    tokenizer,
+    vae,
+    scheduler,
+    device,
+    dtype,
+    family="stable-diffusion",
+    defaults=None,
+    conditioner=None,
+    move=True,
+) -> DiffusionModel:
+    conditioner = conditioner or StableDiffusion()
+    for module in (unet, text_encoder, vae, *conditioner.modules().values()):
         if module is not None:
-            module.to(device).eval().requires_grad_(False)
-    return DiffusionModel(name, unet, text_encoder, tokenizer, vae, scheduler, device, dtype)
+            (module.to(device) if move else module).eval().requires_grad_(False)
+    defaults = _over(defaults, conditioner.builtin_defaults())
+    parts = (unet, text_encoder, tokenizer, vae, scheduler, device, dtype, family, defaults, conditioner)
+    return DiffusionModel(name, *parts)
 
 
 def _tiny_components(prediction_type: str, seed: int, pixel_space: bool) -> dict[str, Any]:
@@ -429,7 +583,7 @@ def tiny_random_model(
             torch.nn.Module.to(parts[key], dtype=dtype)
     name = TINY_RANDOM + ("-v" if prediction_type == "v_prediction" else "") + ("-pixel" if pixel_space else "")
     name += f"-seed{seed}" if seed else ""
-    return _assemble(name, device=device, dtype=dtype, **parts)
+    return _assemble(name, device=device, dtype=dtype, family=TINY_RANDOM, **parts)
 
 
 def tiny_random_pipeline(prediction_type: str = "epsilon", seed: int = 0) -> StableDiffusionPipeline:

@@ -11,18 +11,23 @@ naming each bad field; plain construction and ``model_validate`` (the API's way)
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from typing_extensions import Self
 
 from .errors import GammaUnstable, InvalidParameter
 
+P = TypeVar("P", bound=BaseModel)
+
 Method = Literal["bdia", "ddim", "edict"]
 StateDtype = Literal["float64", "float32"]
+EditControl = Literal["none", "cross", "cross+self"]
+EditMask = Literal["auto", "attention", "noise", "none"]
 METHODS: tuple[str, ...] = ("bdia", "ddim", "edict")
 
 DEFAULT_GAMMA_BOUND = 30.0
@@ -72,12 +77,14 @@ def check_gamma(gamma: float, levels: int, bound: float = DEFAULT_GAMMA_BOUND, *
         )
 
 
-def one_line(exc: ValidationError) -> str:
-    """A pydantic error as one line: ``field: message (got value)`` for each bad field."""
+def one_line(exc: ValidationError, *, inputs: bool = True) -> str:
+    """A pydantic error as one line: ``field: message (got value)`` for each bad field; ``inputs=False``
+    leaves the values out (settings may hold secrets)."""
     parts = []
     for error in exc.errors(include_url=False):
         field = ".".join(str(p) for p in error.get("loc", ())) or "parameters"
-        got = f" (got {error['input']!r})" if "input" in error and not isinstance(error["input"], dict) else ""
+        shown = inputs and "input" in error and not isinstance(error["input"], dict)
+        got = f" (got {error['input']!r})" if shown else ""
         parts.append(f"{field}: {error.get('msg', 'invalid')}{got}")
     return "; ".join(parts)
 
@@ -166,18 +173,182 @@ class EditParams(Params):
         description="the edit's own BDIA γ in [0, 1] (default: the inversion's). Below 1 it damps the colour casts "
         "a new prompt leaves with γ = 1; the edit then runs on a float64 state, never exact. Reconstructions keep γ.",
     )
+    control: EditControl = Field(
+        "cross",
+        description="attention control from the exact source branch (Prompt-to-Prompt): none, cross "
+        "(cross-attention injection) or cross+self (and self-attention injection)",
+    )
+    cross_fraction: float = Field(0.8, ge=0, le=1, description="share of the steps with cross-attention injection")
+    self_fraction: float = Field(0.4, ge=0, le=1, description="share of the steps with self-attention injection")
+    reweight: dict[str, float] | None = Field(
+        None, description='edit-prompt words → attention factor in [0, 10] (e.g. {"red": 2})'
+    )
+    blend_words: list[str] | None = Field(
+        None,
+        description="the words whose attention makes the automatic mask (default: the changed words and their "
+        "phrases' nouns); each must be in the source or the edit prompt",
+    )
+    mask_mode: EditMask = Field(
+        "auto",
+        description="where the edit may change the image: auto (attention maps, else noise difference), "
+        "attention, noise, or none (no blending); outside the mask the result is the source, bit for bit",
+    )
+    mask_threshold: float = Field(
+        0.3, gt=0, lt=1, description="share of the attention map's peak above which a pixel is in the mask"
+    )
+
+    @field_validator("reweight", mode="after")
+    @classmethod
+    def _factors(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for word, factor in (value or {}).items():
+            if not word.strip():
+                raise ValueError("reweight words must not be empty")
+            if not (math.isfinite(factor) and 0 <= factor <= 10):
+                raise ValueError(f"the factor of {word!r} must be in [0, 10], got {factor}")
+        return value
+
+    @field_validator("blend_words", mode="after")
+    @classmethod
+    def _blend(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and any(not w.strip() for w in value):
+            raise ValueError("blend words must not be empty")
+        return value or None
+
+
+EDIT_CONTROL_FIELDS: tuple[str, ...] = (
+    "control",
+    "cross_fraction",
+    "self_fraction",
+    "reweight",
+    "blend_words",
+    "mask_mode",
+    "mask_threshold",
+)
+"""``EditParams`` fields that shape a controlled edit (what an edit job carries besides prompt, guidance, γ)."""
+
+
+def flow_edit_problem(edit: EditParams, *, masked: bool) -> tuple[str, str] | None:
+    """(field, why) when an edit asks a flow model (SD 3, Flux; prediction type ``flow``) for what only UNet
+    models have: attention control, or an automatic mask without a mask image. Flow models edit as plain BDIA
+    regenerations (their defaults: control and mask_mode ``none``). None when ``edit`` fits."""
+    if edit.control != "none":
+        why = f"attention control needs a UNet, got {edit.control!r}"
+        return "control", f"must be 'none' on a flow model (SD 3, Flux): {why}"
+    if edit.mask_mode != "none" and not masked:
+        return "mask_mode", (
+            f"must be 'none' on a flow model (SD 3, Flux), or give a mask image: automatic masks need a UNet's "
+            f"attention, got {edit.mask_mode!r}"
+        )
+    return None
+
+
+DEFAULTS_FILE = "bdia_defaults.json"
+"""A model folder's recommended parameters (``ModelDefaults``), at the folder's root."""
+
+
+class SampleDefaults(Params):
+    """How to sample from noise when a request does not say (``bdia sample``, ``bdia.sample``)."""
+
+    steps: int = Field(50, ge=1, description="sampling steps")
+    guidance_scale: float = Field(7.5, ge=0, allow_inf_nan=False, description="classifier-free guidance")
+    gamma: float = Field(1.0, ge=0, le=1, description="BDIA's γ; 0 = plain DDIM")
+
+
+class ModelDefaults(SamplingParams):
+    """A model's recommended parameters: what applies wherever a request leaves a parameter out.
+
+    The top-level fields are an inversion's (``SamplingParams``); ``edit`` holds ``EditParams`` fields
+    that apply to edits (a prompt other than the source's; a reconstruction keeps the inversion's
+    settings), ``sample`` those of sampling from noise. A model folder gives them in ``bdia_defaults.json``
+    (``read_defaults``); whatever the file leaves out keeps the built-in default.
+    """
+
+    edit: EditParams = Field(default_factory=EditParams, description="defaults of edits (not reconstructions)")
+    sample: SampleDefaults = Field(default_factory=SampleDefaults, description="defaults of sampling from noise")
+
+    @field_validator("edit", mode="after")
+    @classmethod
+    def _no_edit_prompt(cls, value: EditParams) -> EditParams:
+        if value.prompt is not None:
+            raise ValueError("an edit's prompt has no default")
+        return value
+
+    def inversion(self, **given: Any) -> dict[str, Any]:
+        """Every ``SamplingParams`` field: its value in ``given`` unless missing or None, else this default."""
+        return {
+            name: given[name] if given.get(name) is not None else getattr(self, name)
+            for name in SamplingParams.model_fields
+        }
+
+    def sampling(self, **given: Any) -> dict[str, Any]:
+        """Every ``SampleDefaults`` field: its value in ``given`` unless missing or None, else this default."""
+        return {
+            name: given[name] if given.get(name) is not None else getattr(self.sample, name)
+            for name in SampleDefaults.model_fields
+        }
+
+    def edit_for(self, given: P, source_prompt: str | None) -> P:
+        """``given`` (``EditParams`` or a model with some of its fields) with the fields it leaves out (or
+        None) taken from ``edit``, when it is an edit: its prompt is given and differs from
+        ``source_prompt``. A reconstruction is returned unchanged: it keeps the inversion's settings."""
+        prompt = getattr(given, "prompt", None)
+        if prompt is None or prompt == source_prompt:
+            return given
+        fields = type(given).model_fields
+        update = {
+            name: getattr(self.edit, name)
+            for name in self.edit.model_fields_set
+            if name in fields and (name not in given.model_fields_set or getattr(given, name) is None)
+        }
+        return given.model_copy(update=update) if update else given
+
+    def check_schedule(self, max_steps: int) -> ModelDefaults:
+        """Refuse step counts beyond the model's ``max_steps``, and unstable γ; returns self."""
+        for name, steps in (("steps", self.steps), ("sample.steps", self.sample.steps)):
+            if steps > max_steps:
+                raise InvalidParameter(f"{name} must be at most {max_steps} for this model, got {steps}")
+        self.check()
+        return self
+
+    @classmethod
+    def read(cls, path: str | Path, max_steps: int | None = None) -> ModelDefaults:
+        """A defaults file (JSON object) checked against the model's ``max_steps``; ``InvalidParameter`` naming
+        the file and each bad field when it does not fit."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+            defaults = cls.model_validate(data)
+            return defaults if max_steps is None else defaults.check_schedule(max_steps)
+        except ValidationError as exc:
+            raise InvalidParameter(f"bad model defaults in {path}: {one_line(exc)}") from None
+        except (OSError, UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError and InvalidParameter are ValueErrors
+            raise InvalidParameter(f"bad model defaults in {path}: {exc}") from None
+
+
+def read_defaults(folder: str | Path, max_steps: int | None = None) -> ModelDefaults:
+    """A model folder's ``bdia_defaults.json`` (``ModelDefaults.read``), or the built-in defaults without one."""
+    path = Path(folder) / DEFAULTS_FILE
+    return ModelDefaults.read(path, max_steps) if path.is_file() else ModelDefaults()
 
 
 __all__ = [
+    "DEFAULTS_FILE",
     "DEFAULT_GAMMA_BOUND",
+    "EDIT_CONTROL_FIELDS",
     "METHODS",
     "EditParams",
     "InversionParams",
     "Method",
+    "ModelDefaults",
+    "SampleDefaults",
     "SamplingParams",
     "StateDtype",
     "check_gamma",
     "default_model",
+    "flow_edit_problem",
     "gamma_growth",
     "levels",
+    "read_defaults",
 ]

@@ -35,7 +35,10 @@ class Progress(NamedTuple):
 
 
 def ddim(z: Tensor, eps: Tensor, grid: LevelGrid, i: int, j: int) -> Tensor:
-    """The DDIM map D(z_i, ε; i→j) = α_j·(z_i − σ_i·ε)/α_i + σ_j·ε, coefficients in float64."""
+    """The DDIM map D(z_i, ε; i→j) = α_j·(z_i − σ_i·ε)/α_i + σ_j·ε, coefficients in float64.
+
+    On a flow-matching grid (``bdia.flow.FlowGrid``) ε is the velocity v and this is the Euler map
+    z_i + (σ_j − σ_i)·v: every walk below runs on either grid unchanged."""
     a, b = grid.ddim_coefficients(i, j)
     return a * z + b * eps
 

@@ -117,9 +117,11 @@ class JobMetrics(Record):
 
 class JobResult(Record):
     """What a succeeded job made. ``invert``: ``inversion_id``, ``url``, ``latents_url``, ``latent_std``,
-    ``level``, ``fingerprint_id``; ``edit``: ``url``, ``content_type``, ``width``, ``height``,
-    ``fingerprint_match``; ``reconstruct`` adds ``latent_max_abs_error``, ``exact`` and ``psnr`` (dB, null
-    when the pixels are identical or the upload expired)."""
+    ``level``, ``fingerprint_id``; ``edit``: ``url``, ``content_type``, ``width``, ``height`` (the upload's
+    size), ``working_width``, ``working_height`` (the size it was edited at), ``fingerprint_match``, and
+    with an edit mask ``mask`` (its URL) and ``mask_fraction``; ``reconstruct`` adds
+    ``latent_max_abs_error``, ``exact``, ``psnr`` (dB against the upload at its size) and ``working_psnr``
+    (at the working size), each null when the pixels are identical or the upload expired."""
 
     inversion_id: str | None = None
     url: str | None = None
@@ -131,9 +133,14 @@ class JobResult(Record):
     width: int | None = None
     height: int | None = None
     fingerprint_match: bool | None = None
+    working_width: int | None = None
+    working_height: int | None = None
+    mask: str | None = Field(None, description="URL of the edit mask (PNG at the result's size, white = changed)")
+    mask_fraction: float | None = Field(None, description="the fraction of the result's pixels the mask covers")
     latent_max_abs_error: float | None = None
     exact: bool | None = None
     psnr: float | None = None
+    working_psnr: float | None = None
 
 
 class JobOut(BaseModel):
@@ -162,6 +169,8 @@ class JobOut(BaseModel):
         urls = {"get": base, "events": f"{base}/events", "cancel": f"{base}/cancel"}
         if job.kind != "invert":
             urls["result"] = f"{base}/result"
+        if (job.result or {}).get("mask"):
+            urls["mask"] = f"{base}/mask"
         return cls(
             id=job.id,
             kind=job.kind,
@@ -218,15 +227,30 @@ class InversionList(BaseModel):
 
 
 class ModelOut(BaseModel):
-    """A served model, its native size and default parameters; ``available`` once a worker serves it."""
+    """A served model as its workers announce it (``bdia.jobqueue.models``): family, native size, schedule
+    length and defaults. ``available``: requests for it are accepted (a worker announced it within
+    ``BDIA_MODEL_TTL_S``; else they get 503 ``model_unavailable``); ``workers``: how many serve it now."""
 
     name: str
     default: bool
     available: bool
     workers: int
+    family: str | None = None
     height: int | None = None
     width: int | None = None
-    defaults: dict[str, Any]
+    latent_factor: int | None = None
+    size_multiple: int | None = Field(
+        None,
+        description="each side of the working size is a multiple of this: an upload is edited at its "
+        "own aspect ratio within height × width pixels, in these steps (never cropped)",
+    )
+    prediction_type: str | None = None
+    num_train_timesteps: int | None = Field(None, description="the noise schedule's length")
+    max_steps: int | None = Field(None, description="the most steps a request may ask for this model")
+    defaults: dict[str, Any] = Field(
+        description="what applies when a request leaves a parameter out: the inversion's settings, `edit` "
+        "(edits, not reconstructions) and `sample`; the built-in defaults while no worker has announced the model"
+    )
     info: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -1,11 +1,14 @@
-"""Shapes-Edit: edit quality per inversion method on held-out shape scenes (docs/benchmarks.md).
+"""Shapes-Edit v2: edit quality per method on held-out shape scenes (docs/benchmarks.md).
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/edit_quality.py [--n 100] [--steps 20] [--strength 0.8]
-        [--guidance 2] [--sweep] [--json] [--markdown]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/edit_quality.py [--n 200] [--steps 20] [--strength 0.8]
+        [--guidance 2] [--methods …] [--sweep] [--json] [--markdown]
 
-Each scene of ``edit_benchmark`` is inverted under its caption and regenerated twice: under the
-caption (reconstruction) and under the target caption (the edit, whose ground truth the generator
-renders). The work is the engine's own: every scene is an ``inverting`` job, then ``regenerating``
+Edits cycle over colour, kind, add, remove (local) and background (global). Each scene is inverted
+under its caption and regenerated under the caption (reconstruction, for exact rows) and under the
+target caption (the edit, whose ground truth the generator renders). Methods: the baselines (DDIM
+inversion, EDICT, BDIA exact as before), Prompt-to-Prompt with blending on DDIM inversion, and the
+controlled exact edit (``bdia.editing``: the default), with ablations of its control, mask and γ.
+The work is the engine's own: every scene is an ``inverting`` job, then ``regenerating``
 jobs (``bdia.ops``), and the B scenes of a chunk run side by side (``bdia.batching.advance``), scene
 b in ``Layout(B, b)``, so one network call per step serves the whole chunk in diffusers'
 [uncond×B, cond×B] layout. A regeneration keeps its inversion's layout, so BDIA exact round trips
@@ -36,8 +39,18 @@ from bdia.batching import Job, Lane, Layout, advance, drive
 from bdia.inversion import Inversion
 from bdia.models import DiffusionModel
 from bdia.ops import Regeneration, inverting, regenerating, sampling
-from bdia.params import InversionParams
-from shapes import Edit, compare, edit_benchmark, edit_success, random_scene, scene_rng, validate
+from bdia.params import EditParams, InversionParams
+from shapes import (
+    EDIT_KINDS,
+    GLOBAL_EDIT_KINDS,
+    Edit,
+    compare,
+    edit_benchmark,
+    edit_success,
+    random_scene,
+    scene_rng,
+    validate,
+)
 from shapes.classifier import detect
 from shapes.scenes import Scene, extent
 from shapes.train import CHECK_STREAM
@@ -45,19 +58,39 @@ from shapes.train import CHECK_STREAM
 Tensor = torch.Tensor
 T = TypeVar("T")
 
-#: name → (InversionParams fields, masked, the edit's own γ or None). Rows that share the fields reuse one
-#: inversion; an edit γ < 1 regenerates the exact γ = 1 inversion on a float64 state (``bdia.regenerate(gamma=…)``).
-METHODS: dict[str, tuple[dict, bool, float | None]] = {
-    "DDIM inversion": (dict(method="ddim", exact=False), False, None),
-    "EDICT": (dict(method="edict", exact=False), False, None),
-    "BDIA γ=1 float64": (dict(method="bdia", exact=False, state_dtype="float64"), False, None),
-    "BDIA exact": (dict(method="bdia", exact=True), False, None),
-    "BDIA γ=0.94": (dict(method="bdia", gamma=0.94, exact=False, state_dtype="float64"), False, None),
-    "BDIA exact + mask": (dict(method="bdia", exact=True), True, None),
-    "BDIA exact (edit γ=0.5)": (dict(method="bdia", exact=True), False, 0.5),
-    "BDIA exact + mask (edit γ=0.5)": (dict(method="bdia", exact=True), True, 0.5),
+BDIA_EXACT = dict(method="bdia", exact=True)
+PLAIN = dict(control="none", mask_mode="none")
+
+
+@dataclass(frozen=True)
+class Method:
+    """A benchmark row: the inversion's fields, the edit's ``EditParams`` fields, an oracle mask, the edit γ."""
+
+    inversion: dict
+    edit: dict
+    oracle: bool = False
+    gamma: float | None = None
+
+
+#: Rows that share the inversion fields reuse one inversion.
+METHODS: dict[str, Method] = {
+    "DDIM inversion": Method(dict(method="ddim", exact=False), PLAIN),
+    "DDIM + P2P + blend": Method(dict(method="ddim", exact=False), {}),
+    "EDICT": Method(dict(method="edict", exact=False), PLAIN),
+    "BDIA exact (plain)": Method(BDIA_EXACT, PLAIN, gamma=1.0),
+    "BDIA exact (plain; edit γ=0.5)": Method(BDIA_EXACT, PLAIN, gamma=0.5),
+    "default (exact + P2P + auto mask)": Method(BDIA_EXACT, {}),
+    "control none": Method(BDIA_EXACT, dict(control="none")),
+    "control cross+self": Method(BDIA_EXACT, dict(control="cross+self")),
+    "mask none": Method(BDIA_EXACT, dict(mask_mode="none")),
+    "mask attention": Method(BDIA_EXACT, dict(mask_mode="attention")),
+    "mask noise": Method(BDIA_EXACT, dict(mask_mode="noise")),
+    "mask oracle": Method(BDIA_EXACT, {}, oracle=True),
+    "target γ=1": Method(BDIA_EXACT, {}, gamma=1.0),
+    "target γ=0.8": Method(BDIA_EXACT, {}, gamma=0.8),
 }
-SWEEP_METHODS = ("DDIM inversion", "BDIA exact", "BDIA exact + mask")
+SWEEP_METHODS = ("DDIM inversion", "DDIM + P2P + blend", "default (exact + P2P + auto mask)")
+DEFAULT_ROW = "default (exact + P2P + auto mask)"
 MASK_DILATE = 2  # pixels the edit region grows by, for the mask and the background
 
 
@@ -117,13 +150,14 @@ class Engine:
         prompts: Sequence[str | None],
         masks: Sequence[Tensor] | None = None,
         gamma: float | None = None,
+        edit: EditParams | None = None,
     ) -> tuple[list[Regeneration], float]:
         """Every scene's regeneration under its prompt (``None``: its caption), in its inversion's layout; and
         the wall time."""
         started = time.perf_counter()
         masks = masks if masks is not None else [None] * len(prompts)
         jobs = [
-            regenerating(self.model, inv, prompt, mask=mask, gamma=gamma)
+            regenerating(self.model, inv, prompt, mask=mask, gamma=gamma, edit=edit)
             for inv, prompt, mask in zip(inverted.inversions, prompts, masks, strict=True)
         ]
         return run_jobs(self.model, jobs), time.perf_counter() - started
@@ -177,6 +211,13 @@ def mean(values: Sequence[float]) -> float:
 # --- the benchmark ---------------------------------------------------------------------------------
 
 
+def success(image: np.ndarray, edit: Edit) -> bool:
+    """The classifier's verdict: the edited shape as the target has it, or the target's background."""
+    if edit.kind == "background":
+        return detect(image).background == edit.target.background
+    return edit_success(image, edit)
+
+
 def evaluate(
     engine: Engine, edits: Sequence[Edit], strength: float, methods: Sequence[str], batch: int, reconstruct: bool = True
 ) -> dict[str, dict]:
@@ -193,33 +234,51 @@ def evaluate(
         targets = [e.target.render(res) for e in chunk]
         z0 = [imaging.to_tensor(imaging.load_image(_pil(s))).double() for s in sources]
         regions = [e.region(res, MASK_DILATE) for e in chunk]
-        masks = [torch.from_numpy(g)[None, None] for g in regions]
+        truths = [e.region(res, 0) for e in chunk]
+        oracle = [torch.from_numpy(g)[None, None] for g in regions]
         inversions: dict[str, Inverted] = {}
         for name in methods:
-            fields, masked, edit_gamma = METHODS[name]
-            params = [engine.params(e.source_prompt, strength, fields) for e in chunk]
-            key = json.dumps(fields, sort_keys=True)
+            method = METHODS[name]
+            params = [engine.params(e.source_prompt, strength, method.inversion) for e in chunk]
+            key = json.dumps(method.inversion, sort_keys=True)
             if key not in inversions:
                 inversions[key] = engine.invert(z0, params)
+                if reconstruct:  # once per inversion, reported on the first row that uses it
+                    recons, _ = engine.regenerate(inversions[key], [None] * len(chunk))
+                    exact = all(torch.equal(r.z0, z) for r, z in zip(recons, z0, strict=True))
+                    if params[0].fixed_point and not exact:
+                        raise AssertionError(f"{name}: the reconstruction is not bit-exact (batch layouts differ?)")
+                    errors = [float((r.z0 - z).abs().max()) for r, z in zip(recons, z0, strict=True)]
+                    add(name, "latent_error", errors)
+                    add(
+                        name, "recon_psnr", [psnr(np.asarray(r.image), s) for r, s in zip(recons, sources, strict=True)]
+                    )
             inv = inversions[key]
-            exact = params[0].fixed_point
-            if reconstruct and not masked and edit_gamma is None:
-                recons, _ = engine.regenerate(inv, [None] * len(chunk))
-                if exact and not all(torch.equal(r.z0, z) for r, z in zip(recons, z0, strict=True)):
-                    raise AssertionError(f"{name}: the reconstruction is not bit-exact (batch layouts differ?)")
-                add(name, "latent_error", [max(float((r.z0 - z).abs().max()) for r, z in zip(recons, z0, strict=True))])
-                add(name, "recon_psnr", [psnr(np.asarray(r.image), s) for r, s in zip(recons, sources, strict=True)])
-            edited, seconds = engine.regenerate(inv, [e.prompt for e in chunk], masks if masked else None, edit_gamma)
+            edit = EditParams(**method.edit)
+            edited, seconds = engine.regenerate(
+                inv, [e.prompt for e in chunk], oracle if method.oracle else None, method.gamma, edit
+            )
             results = [np.asarray(r.image) for r in edited]
-            if masked:
-                kept = [torch.equal(torch.where(m, z, r.z0), z) for m, z, r in zip(masks, z0, edited, strict=True)]
-                add(name, "outside_mask_identical", [all(kept) if exact else None])
-            add(name, "success", [edit_success(r, e) for r, e in zip(results, chunk, strict=True)])
+            for r, z, e, truth, region in zip(edited, z0, chunk, truths, regions, strict=True):
+                local = e.kind in EDIT_KINDS
+                if r.mask is None:
+                    add(name, "masked", [False])
+                    continue
+                m = r.mask.to(z.device)
+                add(name, "masked", [True])
+                add(name, "identical", [bool(torch.equal(torch.where(m, z, r.z0), z))])
+                add(name, "identical_local", [bool(torch.equal(torch.where(m, z, r.z0), z))] if local else [])
+                found = m[0, 0].cpu().numpy()
+                add(name, "mask_iou", [float((found & truth).sum() / max((found | truth).sum(), 1))])
+                add(name, "leakage", [float((found & ~region).sum() / max(found.sum(), 1))])
+                add(name, "mask_fraction", [float(found.mean())])
+            add(name, "success", [success(r, e) for r, e in zip(results, chunk, strict=True)])
             add(name, "background_psnr", [psnr(r, s, ~g) for r, s, g in zip(results, sources, regions, strict=True)])
             add(name, "target_psnr", [psnr(r, t) for r, t in zip(results, targets, strict=True)])
             add(name, "kept_iou", [v for r, e in zip(results, chunk, strict=True) for v in kept_iou(r, e, res)])
             add(name, "nfe", [i.nfe + r.nfe for i, r in zip(inv.inversions, edited, strict=True)])
             add(name, "seconds", [(inv.seconds + seconds) / len(chunk)] * len(chunk))
+            add(name, "edit_seconds", [seconds / len(chunk)] * len(chunk))
             add(name, "kind", [e.kind for e in chunk])
     return {name: summarise(values) for name, values in acc.items()}
 
@@ -231,23 +290,27 @@ def _pil(pixels: np.ndarray):
 
 
 def summarise(values: dict[str, list]) -> dict:
+    background = [p for p in values["background_psnr"] if p != math.inf]
     out = {
         "edit_success": mean(values["success"]),
-        "background_psnr": mean(values["background_psnr"]),
+        "background_psnr": mean(background) if background else math.inf,
+        "background_identical": mean([p == math.inf for p in values["background_psnr"]]),
         "target_psnr": mean(values["target_psnr"]),
         "kept_iou": mean(values["kept_iou"]),
         "nfe": mean(values["nfe"]),
         "seconds_per_edit": mean(values["seconds"]),
+        "edit_seconds": mean(values["edit_seconds"]),
+        "masked": mean(values["masked"]),
         "success_by_kind": {
             k: mean([s for s, kk in zip(values["success"], values["kind"], strict=True) if kk == k])
             for k in dict.fromkeys(values["kind"])
         },
     }
+    for key in ("identical", "identical_local", "mask_iou", "leakage", "mask_fraction"):
+        out[key] = mean(values.get(key, []))
     if "recon_psnr" in values:
         out["recon_psnr"] = mean(values["recon_psnr"])
         out["latent_error"] = max(values["latent_error"])
-    if "outside_mask_identical" in values:
-        out["outside_mask_identical"] = all(values["outside_mask_identical"])
     return out
 
 
@@ -273,15 +336,17 @@ def fmt(x: float, digits: int = 1) -> str:
 
 def table(rows: dict[str, dict]) -> str:
     lines = [
-        "| method | recon. PSNR | latent max err | edit success | background PSNR | kept-shape IoU | "
-        "PSNR to target | NFE | s / edit |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | edit success | background PSNR (finite) | background identical | outside mask = source "
+        "(local) | mask IoU | leakage | PSNR to target | NFE | s / edit |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    pct = lambda x: "–" if math.isnan(x) else f"{x:.0%}"  # noqa: E731
+    num = lambda x, d=2: "–" if math.isnan(x) else f"{x:.{d}f}"  # noqa: E731
     for name, r in rows.items():
-        recon = (fmt(r["recon_psnr"]), f"{r['latent_error']:.1e}") if "recon_psnr" in r else ("(as exact)",) * 2
         lines.append(
-            f"| {name} | {recon[0]} | {recon[1]} | {r['edit_success']:.0%} | {fmt(r['background_psnr'])} | "
-            f"{r['kept_iou']:.3f} | {fmt(r['target_psnr'])} | {r['nfe']:.0f} | {r['seconds_per_edit']:.2f} |"
+            f"| {name} | {r['edit_success']:.0%} | {fmt(r['background_psnr'])} | {pct(r['background_identical'])} | "
+            f"{pct(r['identical'])} ({pct(r['identical_local'])}) | {num(r['mask_iou'])} | {num(r['leakage'])} | "
+            f"{fmt(r['target_psnr'])} | {r['nfe']:.0f} | {r['edit_seconds']:.2f} |"
         )
     return "\n".join(lines)
 
@@ -316,7 +381,7 @@ def sweep(
 def main(argv: Sequence[str] | None = None, echo: Callable[[str], None] = print) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="shapes")
-    parser.add_argument("--n", type=int, default=100, help="benchmark scenes")
+    parser.add_argument("--n", type=int, default=200, help="benchmark scenes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--strength", type=float, default=0.8)
@@ -338,7 +403,7 @@ def main(argv: Sequence[str] | None = None, echo: Callable[[str], None] = print)
     bdia.configure_determinism(model)  # exact mode needs deterministic kernels
     if not model.pixel_space:
         parser.error("the benchmark compares pixels: it needs a pixel-space model such as shapes")
-    edits = edit_benchmark(args.n, args.seed)
+    edits = edit_benchmark(args.n, args.seed, kinds=EDIT_KINDS + GLOBAL_EDIT_KINDS)
     methods = (
         [m.strip() for m in args.methods.split(",")] if args.methods else list(SWEEP_METHODS if args.sweep else METHODS)
     )
@@ -396,21 +461,27 @@ def main(argv: Sequence[str] | None = None, echo: Callable[[str], None] = print)
             table(rows),
             "",
         ]
-        if "BDIA exact + mask" in rows:
+        recon = [
+            f"{name} latent error {r['latent_error']:.1e}, PSNR {fmt(r['recon_psnr'])} dB"
+            for name, r in rows.items()
+            if "recon_psnr" in r
+        ]
+        if recon:
+            lines.append("Reconstructions (the source prompt) per inversion: " + "; ".join(recon) + ".")
+        if {DEFAULT_ROW, "DDIM + P2P + blend"} <= rows.keys():
+            new, p2p = rows[DEFAULT_ROW], rows["DDIM + P2P + blend"]
             lines.append(
-                "Masked edit: pixels outside the mask identical to the source: "
-                f"{'yes' if rows['BDIA exact + mask'].get('outside_mask_identical') else 'no'}."
+                f"Targets: default edit success {new['edit_success']:.0%} (≥ 75%: "
+                f"{'met' if new['edit_success'] >= 0.75 else 'missed'}; DDIM + P2P + blend "
+                f"{p2p['edit_success']:.0%}); background identical {new['background_identical']:.0%} vs "
+                f"{p2p['background_identical']:.0%}, finite background PSNR {fmt(new['background_psnr'])} vs "
+                f"{fmt(p2p['background_psnr'])} dB; outside the mask = source on local edits: "
+                f"{new['identical_local']:.0%} (≥ 95%)."
             )
-        if {"BDIA exact", "DDIM inversion"} <= rows.keys():
-            exact, ddim = rows["BDIA exact"], rows["DDIM inversion"]
-            lines.append(
-                f"Bars: BDIA exact edit success {exact['edit_success']:.0%} (≥ 70%: "
-                f"{'met' if exact['edit_success'] >= 0.7 else 'missed'}); background PSNR "
-                f"{fmt(exact['background_psnr'])} vs DDIM {fmt(ddim['background_psnr'])} dB "
-                f"({'met' if exact['background_psnr'] > ddim['background_psnr'] else 'missed'})."
-            )
-            by_kind = ", ".join(f"{k} {v:.0%}" for k, v in exact["success_by_kind"].items())
-            lines.append(f"BDIA exact success by edit kind: {by_kind}.")
+        for name in (DEFAULT_ROW, "BDIA exact (plain)", "DDIM + P2P + blend"):
+            if name in rows:
+                by_kind = ", ".join(f"{k} {v:.0%}" for k, v in rows[name]["success_by_kind"].items())
+                lines.append(f"{name}: success by edit kind: {by_kind}.")
     text = "\n".join(lines)
     report["markdown"] = text
     echo(text)

@@ -15,8 +15,12 @@ COPY workers ./workers
 COPY docker/worker_healthcheck.py ./
 # torch is already in the base image and meets the engine extra's floor: the constraint keeps pip from
 # replacing it, and the build fails here (not at start) if transformers would refuse it.
+# sentencepiece and protobuf: SD 3's and Flux's T5 tokenizer from a folder that ships only spiece.model
+# (the released repositories also have tokenizer.json, which the tokenizers library reads without them).
 RUN python -c "import torch; print('torch==' + torch.__version__)" > /tmp/torch.txt \
- && pip install -c /tmp/torch.txt ".[worker]" \
+ && pip install -c /tmp/torch.txt ".[worker]" sentencepiece protobuf \
+ && python -c "import diffusers, transformers, tokenizers, sentencepiece, google.protobuf, accelerate" \
+ && python -c "from diffusers import StableDiffusionXLPipeline, StableDiffusion3Pipeline, FluxPipeline" \
  && python -c "import torch; assert torch.version.cuda, 'the CUDA build of torch was replaced'" \
  && python -c "from transformers.utils import is_torch_available as ok; assert ok(), 'transformers refuses this torch'" \
  && useradd --system --uid 10001 --create-home bdia \

@@ -6,7 +6,9 @@ in. The tenant is part of the name, so one tenant's requests never hit (or time)
 the engine's safetensors bytes, their sha256 (a mismatch drops the entry, so a corrupt one is
 recomputed and never used) and metadata that records the numerics fingerprint. Entries and the
 uploads they were made from expire ``inversion_ttl_s`` after their last use, and the least
-recently used go first once the cache holds more than ``cache_max_bytes``.
+recently used go first once the cache holds more than ``cache_max_bytes`` (uploads: beyond
+``uploads_max_bytes``, ``bdia.jobqueue.storage``). ``DELETE`` is final: a job still making the inversion
+stores nothing, and the upload goes with the last inversion that refers to it.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from redis.asyncio import Redis
 
 from bdia.params import InversionParams
 
+from .jobs import Keep
 from .keys import Keys
 from .settings import PUBLIC_TENANT, Settings
+from .storage import LUA_BUDGET, Budget
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +83,44 @@ class CachedInversion:
         return sha256(self.data)
 
 
+_PUT = """
+-- KEYS: entry, lru, sizes, deleted, spec.  ARGV: data, checksum, meta, ttl, now, inversion id.
+-- Store an entry, unless its inversion was deleted and not requested again since (a job that was
+-- making it when it was deleted writes back nothing). Returns 1 when stored, 0 when discarded.
+if redis.call('EXISTS', KEYS[4]) == 1 and redis.call('EXISTS', KEYS[5]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'data', ARGV[1], 'checksum', ARGV[2], 'meta', ARGV[3])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
+redis.call('ZADD', KEYS[2], tonumber(ARGV[5]), ARGV[6])
+redis.call('HSET', KEYS[3], ARGV[6], #ARGV[1])
+return 1
+"""
+
+_DELETE = (
+    LUA_BUDGET
+    + """
+-- KEYS: entry, spec, tenant index, lru, sizes, deleted, inflight, upload refs, then the uploads budget's
+-- sizes, expiry, total.  ARGV: inversion id, tenant, now, tombstone ttl, upload key.
+-- Forget the tenant's inversion (entry, spec, index entry) and mark it deleted, so that no job stores it
+-- again; its upload goes too when no other live inversion refers to it. Returns {1, id of the job making
+-- it or ''}; {1, ''} again for an inversion this tenant deleted before (while the mark lasts); else {0, ''}.
+local id, tenant, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local raw = redis.call('GET', KEYS[2])
+if not raw or cjson.decode(raw)['tenant'] ~= tenant then
+  return {redis.call('GET', KEYS[6]) == tenant and 1 or 0, ''}
+end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('ZREM', KEYS[3], id)
+redis.call('ZREM', KEYS[4], id)
+redis.call('HDEL', KEYS[5], id)
+redis.call('SET', KEYS[6], tenant, 'EX', tonumber(ARGV[4]))
+redis.call('ZREM', KEYS[8], id)
+redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', now)
+if redis.call('ZCARD', KEYS[8]) == 0 then discard(KEYS[9], KEYS[10], KEYS[11], ARGV[5]) end
+return {1, redis.call('GET', KEYS[7]) or ''}
+"""
+)
+
+
 class InversionCache:
     """Inversions, their specs and the uploads they came from, in Redis."""
 
@@ -86,6 +128,9 @@ class InversionCache:
         self.redis = redis
         self.settings = settings
         self.keys = keys or Keys(settings.key_prefix)
+        self.uploads = Budget(redis, self.keys, "uploads", settings.uploads_max_bytes)
+        self._put = redis.register_script(_PUT)
+        self._delete = redis.register_script(_DELETE)
 
     @property
     def ttl(self) -> int:
@@ -110,16 +155,38 @@ class InversionCache:
         await self._touch(inversion_id, meta.get("image_sha256"))
         return CachedInversion(data, meta, time.time() + self.ttl)
 
-    async def put(self, inversion_id: str, data: bytes, meta: dict[str, Any]) -> CachedInversion:
-        """Store an entry (with its checksum), then evict what the budget no longer holds."""
-        meta = {**meta, "inversion_id": inversion_id, "size": len(data), "created_at": time.time()}
+    async def info(self, inversion_id: str) -> tuple[dict[str, Any], float] | None:
+        """The entry's metadata and when it expires, reading neither its bytes nor their checksum (``GET
+        /v1/inversions/{id}``); its TTL restarts, as on any use. None when there is no entry."""
+        if not is_inversion_id(inversion_id):
+            return None
         key = self.keys.inversion(inversion_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping={"data": data, "checksum": sha256(data), "meta": json.dumps(meta)})
-            pipe.expire(key, self.ttl)
-            pipe.zadd(self.keys.cache_lru, {inversion_id: time.time()})
-            pipe.hset(self.keys.cache_sizes, inversion_id, len(data))
-            await pipe.execute()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(key, "meta")
+            pipe.hexists(key, "data")
+            meta, present = await pipe.execute()
+        if meta is None or not present:
+            return None
+        meta = json.loads(meta)
+        await self._touch(inversion_id, meta.get("image_sha256"))
+        return meta, time.time() + self.ttl
+
+    async def put(self, inversion_id: str, data: bytes, meta: dict[str, Any]) -> CachedInversion | None:
+        """Store an entry (with its checksum), then evict what the budget no longer holds. None (and nothing
+        stored) when the inversion was deleted while it was being made, and not requested again since."""
+        meta = {**meta, "inversion_id": inversion_id, "size": len(data), "created_at": time.time()}
+        k = self.keys
+        keys = [
+            k.inversion(inversion_id),
+            k.cache_lru,
+            k.cache_sizes,
+            k.inversion_deleted(inversion_id),
+            k.inversion_spec(inversion_id),
+        ]
+        args = [data, sha256(data), json.dumps(meta), self.ttl, time.time(), inversion_id]
+        if not await self._put(keys=keys, args=args):
+            log.info("inversion %s was deleted while it was being made: not stored", inversion_id)
+            return None
         await self._touch(inversion_id, meta.get("image_sha256"))
         await self._evict()
         return CachedInversion(data, meta, time.time() + self.ttl)
@@ -132,16 +199,36 @@ class InversionCache:
             pipe.hdel(self.keys.cache_sizes, inversion_id)
             await pipe.execute()
 
-    async def delete(self, inversion_id: str) -> bool:
-        """Forget the inversion entirely (entry, spec, its tenant's index entry); False if there was nothing."""
+    async def delete(self, inversion_id: str, tenant: str) -> tuple[bool, str | None]:
+        """Forget ``tenant``'s inversion entirely, atomically: entry, spec, index entry, and its upload unless
+        another live inversion refers to it; mark it deleted, so that a job making it stores nothing (``put``).
+
+        Returns (whether the tenant's inversion existed or was deleted before while the mark lasts, the id
+        of the job making it, to be canceled)."""
         spec = await self.spec(inversion_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self.keys.inversion(inversion_id), self.keys.inversion_spec(inversion_id))
-            if spec is not None:
-                pipe.zrem(self.keys.tenant_inversions(spec.tenant), inversion_id)
-            existed, *_ = await pipe.execute()
-        await self.drop(inversion_id)
-        return bool(existed)
+        if spec is None:  # gone already: only the mark can tell whether it was this tenant's
+            if not is_inversion_id(inversion_id):
+                return False, None
+            mark = await self.redis.get(self.keys.inversion_deleted(inversion_id))
+            return mark == tenant.encode(), None
+        k, uploads = self.keys, self.uploads
+        keys = [
+            k.inversion(inversion_id),
+            k.inversion_spec(inversion_id),
+            k.tenant_inversions(spec.tenant),
+            k.cache_lru,
+            k.cache_sizes,
+            k.inversion_deleted(inversion_id),
+            k.inversion_job(inversion_id),
+            k.blob_refs(spec.image_sha256),
+            uploads.records.sizes,
+            uploads.records.expiry,
+            uploads.records.total,
+        ]
+        mark_s = max(self.settings.job_ttl_s, int(self.settings.job_timeout_s) + 1)
+        args = [inversion_id, tenant, time.time(), mark_s, k.blob(spec.image_sha256)]
+        existed, maker = await self._delete(keys=keys, args=args)
+        return bool(existed), maker.decode() if maker else None
 
     async def usage(self) -> tuple[int, int]:
         """(entries, bytes) the cache holds."""
@@ -155,8 +242,11 @@ class InversionCache:
             pipe.expire(self.keys.inversion_spec(inversion_id), self.ttl)
             if spec is not None:  # the index outlives every spec it lists
                 pipe.expire(self.keys.tenant_inversions(spec.tenant), self.ttl)
-            if image_sha256:
+            if image_sha256:  # the upload, its budget's record and its reference from this inversion
                 pipe.expire(self.keys.blob(image_sha256), self.ttl)
+                pipe.zadd(self.uploads.records.expiry, {self.keys.blob(image_sha256): time.time() + self.ttl}, xx=True)
+                pipe.zadd(self.keys.blob_refs(image_sha256), {inversion_id: time.time() + self.ttl}, xx=True)
+                pipe.expire(self.keys.blob_refs(image_sha256), self.ttl)
             pipe.zadd(self.keys.cache_lru, {inversion_id: time.time()})
             await pipe.execute()
 
@@ -187,6 +277,9 @@ class InversionCache:
             pipe.set(self.keys.inversion_spec(spec.inversion_id), spec.model_dump_json(), ex=self.ttl)
             pipe.zadd(index, {spec.inversion_id: time.time()}, nx=True)
             pipe.expire(index, self.ttl)
+            refs = self.keys.blob_refs(spec.image_sha256)  # the upload is kept while an inversion refers to it
+            pipe.zadd(refs, {spec.inversion_id: time.time() + self.ttl})
+            pipe.expire(refs, self.ttl)
             await pipe.execute()
 
     async def spec(self, inversion_id: str) -> InversionSpec | None:
@@ -196,30 +289,28 @@ class InversionCache:
         return InversionSpec.model_validate_json(raw) if raw else None
 
     async def put_blob(self, data: bytes) -> str:
-        """Keep uploaded bytes under their sha256 (stored once however often uploaded)."""
+        """Keep uploaded bytes under their sha256 (stored once however often uploaded), within the uploads'
+        budget (``BDIA_UPLOADS_MAX_BYTES``: the least recently used go first)."""
         digest = sha256(data)
-        key = self.keys.blob(digest)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(key, data, ex=self.ttl, nx=True)
-            pipe.expire(key, self.ttl)
-            await pipe.execute()
+        await self.uploads.store(self.keys.blob(digest), data, self.ttl)
         return digest
 
     async def blob(self, digest: str) -> bytes | None:
         data = await self.redis.get(self.keys.blob(digest))
         return data if data is not None and sha256(data) == digest else None
 
+    def keep(self, spec: InversionSpec, *uploads: bytes) -> Keep:
+        """What a request for ``spec`` stores, and only once its job is admitted (``JobQueue.submit``): the
+        uploads under their sha256 (kept once however often uploaded), the spec, its tenant's index entry
+        (as ``put_blob`` and ``put_spec`` store them). A refused request thus stores nothing."""
+        values = [(self.keys.blob(sha256(data)), data) for data in uploads]
+        values.append((self.keys.inversion_spec(spec.inversion_id), spec.model_dump_json()))
+        return Keep(self.ttl, tuple(values), (self.keys.tenant_inversions(spec.tenant), spec.inversion_id))
+
     # --- the job making an inversion -----------------------------------------------------------
 
-    async def set_maker(self, inversion_id: str, job_id: str) -> None:
-        """Record ``job_id`` as the job now making the inversion (identical requests then join it)."""
-        await self.redis.set(self.keys.inversion_job(inversion_id), job_id, ex=self.settings.job_ttl_s)
-
     async def maker(self, inversion_id: str) -> str | None:
+        """The id of the job making the inversion, if one was recorded (``JobQueue.submit`` records it, and
+        clears it when that job finishes: it may have finished since)."""
         current = await self.redis.get(self.keys.inversion_job(inversion_id))
         return current.decode() if current else None
-
-    async def release_maker(self, inversion_id: str, job_id: str) -> None:
-        key = self.keys.inversion_job(inversion_id)
-        if await self.redis.get(key) == job_id.encode():
-            await self.redis.delete(key)

@@ -29,6 +29,7 @@ from .keys import GROUP, Keys
 from .settings import PUBLIC_TENANT, Settings
 from .states import TERMINAL, EventName, IllegalTransition, JobKind, JobStatus, lua_tables
 from .stats import observe
+from .storage import Budget
 
 __all__ = [
     "TERMINAL",
@@ -40,6 +41,7 @@ __all__ = [
     "JobKind",
     "JobQueue",
     "JobStatus",
+    "Keep",
     "TooManyJobs",
     "WebhookEvent",
     "newest_first",
@@ -53,6 +55,17 @@ WEBHOOK_EVENTS: tuple[str, ...] = get_args(WebhookEvent)
 
 class TooManyJobs(Exception):
     """The tenant already has as many unfinished jobs as ``max_jobs_per_tenant`` allows."""
+
+
+@dataclass(frozen=True)
+class Keep:
+    """What a submission stores only when its job is admitted (``JobQueue.submit``), in the same step: each
+    of ``values`` under its key (a value already there stays) and, with ``index``, a (sorted set, member)
+    entry; all expire after ``ttl``. A refused submission stores none of it."""
+
+    ttl: int
+    values: tuple[tuple[str, bytes | str], ...] = ()
+    index: tuple[str, str] | None = None
 
 
 JOB_ID = re.compile(r"job_[0-9a-f]{24}")
@@ -174,41 +187,117 @@ end
 """
 )
 
+_RELEASE = """
+-- Once job ``job_id`` (whose key is ``job_key``) has finished: if it was making its inversion (``inflight``
+-- holds its id), it no longer is, and the jobs waiting behind it (``waiting``) that are still queued go on
+-- ``queue``. If it did not succeed, only the first of them goes: it makes the inversion now, and the
+-- others wait behind it instead.
+local function release(job_key, job_id, succeeded, inflight, waiting, queue)
+  if redis.call('GET', inflight) ~= job_id then return end
+  local ttl = redis.call('PTTL', inflight)
+  redis.call('DEL', inflight)
+  local prefix = string.sub(job_key, 1, #job_key - #job_id)  -- a job's key is this prefix and its id
+  local ids = redis.call('LRANGE', waiting, 0, -1)
+  redis.call('DEL', waiting)
+  local maker = nil
+  for _, id in ipairs(ids) do
+    local key = prefix .. id
+    if redis.call('HGET', key, 'status') == cjson.encode('queued') then
+      if succeeded or not maker then
+        local mid = redis.call('XADD', queue, '*', 'job', id)
+        redis.call('HSET', key, 'message_id', cjson.encode(mid))
+        if not succeeded then
+          maker = id
+          if ttl > 0 then redis.call('SET', inflight, id, 'PX', ttl) else redis.call('SET', inflight, id) end
+        end
+      else
+        redis.call('RPUSH', waiting, id)
+      end
+    end
+  end
+  if maker and ttl > 0 then redis.call('PEXPIRE', waiting, ttl) end
+end
+"""
+
 _TRANSITION = (
     _MOVE
+    + _RELEASE
     + """
--- KEYS: job, events, result, tenant jobs, outbox.  ARGV: job id, target, event data, ttl, field, value, ...
-return move(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]),
-            {unpack(ARGV, 5)})
+-- KEYS: job, events, result, tenant jobs, outbox, inflight, waiting, queue (of its inversion, its model).
+-- ARGV: job id, target, event data, ttl, field, value, ...
+local moved = move(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]),
+                   {unpack(ARGV, 5)})
+if moved == 1 and TERMINAL[ARGV[2]] then
+  release(KEYS[1], ARGV[1], ARGV[2] == 'succeeded', KEYS[6], KEYS[7], KEYS[8])
+end
+return moved
 """
 )
 
-_ENQUEUE = """
--- KEYS: job, events, queue, tenant jobs, tenant history.  ARGV: job id, ttl, event data, cap, now, field, value, ...
--- Returns the stream entry id, or false when the tenant has ``cap`` unfinished jobs already.
+_ENQUEUE = (
+    lua_tables()
+    + """
+-- KEYS: job, events, queue, tenant jobs, tenant history, and of its inversion: inflight (the id of the job
+-- making it), waiting (jobs queued behind that one), entry (the cached inversion); then the keys of the
+-- ``Keep`` values, and its index (if any).
+-- ARGV: job id, ttl, event data, cap, now, join (1: an invert job), keep ttl, number of keep values,
+-- index member ('' for none), the keep values, then field, value, ...
+-- Returns {'joined', id} when an invert job ``join``s the unfinished invert job ``id`` that makes its
+-- inversion (and that no one asked to cancel), and {'full', ''} when the tenant has ``cap`` unfinished
+-- jobs already: both store nothing.
+-- Else the job and the kept values are stored, and it returns {'waiting', id} when the unfinished job ``id``
+-- makes its inversion (this one goes on the queue when that one finishes: ``release``), or
+-- {'queued', stream entry id}; a queued job whose inversion is not cached is recorded as its maker.
 -- A record lives at most 2 × ttl after its job was created (ttl to finish, then ttl after), so the
 -- history forgets entries older than that; younger ones whose record expired are dropped by readers.
 local cap, now, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[2])
+local keep_ttl, kept, member = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
+local maker = redis.call('GET', KEYS[6])
+if maker then  -- the maker is the job it names only while that job is unfinished
+  local prefix = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[1])  -- a job's key is this prefix and its id
+  local status, kind, cancel = unpack(redis.call('HMGET', prefix .. maker, 'status', 'kind', 'cancel_requested'))
+  if not status or TERMINAL[cjson.decode(status)] then
+    maker = nil
+  elseif ARGV[6] == '1' and cjson.decode(kind) == 'invert' and cancel ~= 'true' then
+    return {'joined', maker}
+  end
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - ttl)  -- expired without finishing
-if cap > 0 and redis.call('ZCARD', KEYS[4]) >= cap then return false end
+if cap > 0 and redis.call('ZCARD', KEYS[4]) >= cap then return {'full', ''} end
+for i = 1, kept do
+  redis.call('SET', KEYS[8 + i], ARGV[9 + i], 'NX', 'EX', keep_ttl)
+  redis.call('EXPIRE', KEYS[8 + i], keep_ttl)
+end
+if member ~= '' then
+  redis.call('ZADD', KEYS[9 + kept], 'NX', now, member)
+  redis.call('EXPIRE', KEYS[9 + kept], keep_ttl)
+end
 redis.call('ZADD', KEYS[4], now, ARGV[1])
 redis.call('EXPIRE', KEYS[4], ttl)
 redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - 2 * ttl)
 redis.call('ZADD', KEYS[5], now, ARGV[1])
 redis.call('EXPIRE', KEYS[5], 2 * ttl)
-for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 10 + kept, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('XADD', KEYS[2], '*', 'event', 'queued', 'data', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('EXPIRE', KEYS[2], ttl)
+if maker then
+  redis.call('RPUSH', KEYS[7], ARGV[1])
+  redis.call('EXPIRE', KEYS[7], ttl)
+  return {'waiting', maker}
+end
+if redis.call('EXISTS', KEYS[8]) == 0 then redis.call('SET', KEYS[6], ARGV[1], 'EX', ttl) end
 local mid = redis.call('XADD', KEYS[3], '*', 'job', ARGV[1])
 redis.call('HSET', KEYS[1], 'message_id', cjson.encode(mid))
-redis.call('XADD', KEYS[2], '*', 'event', 'queued', 'data', ARGV[3])
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
-redis.call('EXPIRE', KEYS[2], tonumber(ARGV[2]))
-return mid
+return {'queued', mid}
 """
+)
 
 _CANCEL = (
     _MOVE
+    + _RELEASE
     + """
--- KEYS: job, events, result, tenant jobs, outbox, queue.  ARGV: job id, ttl, now.
+-- KEYS: job, events, result, tenant jobs, outbox, queue, inflight, waiting.  ARGV: job id, ttl, now.
 -- A running job is only asked to stop (its worker makes the move); any other is canceled here if the
 -- table allows it, and its stream entry deleted. Returns the status afterwards, or false when there
 -- is no such job.
@@ -225,6 +314,7 @@ local moved = move(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], 'cancel
                    {'finished_at', ARGV[3], 'cancel_requested', 'true', 'progress', 'null'})
 if moved ~= 1 then return status end
 if mid and mid ~= cjson.null then redis.call('XDEL', KEYS[6], mid) end
+release(KEYS[1], ARGV[1], false, KEYS[7], KEYS[8], KEYS[6])
 return 'canceled'
 """
 )
@@ -312,6 +402,8 @@ class JobQueue:
         self._cancel = redis.register_script(_CANCEL)
         self._renew = redis.register_script(_RENEW)
         self._progress = redis.register_script(_PROGRESS)
+        self.uploads = Budget(redis, self.keys, "uploads", settings.uploads_max_bytes)
+        self.results = Budget(redis, self.keys, "results", settings.results_max_bytes)
 
     @property
     def lease_ms(self) -> int:
@@ -346,15 +438,23 @@ class JobQueue:
 
     # --- the API's side -------------------------------------------------------------------------
 
-    async def submit(self, job: Job) -> Job:
-        """Store the job and queue it, atomically; returns it with its stream entry id.
+    async def submit(self, job: Job, keep: Keep | None = None) -> Job:
+        """Store the job (and ``keep``) and queue it, atomically; returns it with its stream entry id.
 
-        Raises ``TooManyJobs`` (and queues nothing) when its tenant is at ``max_jobs_per_tenant``.
+        One job at a time makes an inversion (its maker: a queued job whose inversion is not cached). An
+        ``invert`` job whose inversion an unfinished invert job makes is not stored: that job is returned.
+        Any other job whose inversion an unfinished job makes waits behind it, queued without a stream
+        entry (``message_id`` None), and is put on the queue when that job finishes, in the same step.
+
+        Raises ``TooManyJobs`` (and stores nothing) when its tenant is at ``max_jobs_per_tenant``.
         """
         fields = job.to_hash()
         fields.pop("message_id")
+        keep = keep or Keep(0)
         cap = self.settings.max_jobs_per_tenant
         args: list[Any] = [job.id, self.settings.job_ttl_s, json.dumps({"kind": job.kind}), cap, job.created_at]
+        args += [int(job.kind == "invert"), keep.ttl, len(keep.values), keep.index[1] if keep.index else ""]
+        args += [value for _, value in keep.values]
         for name, value in fields.items():
             args += [name, value]
         k = self.keys
@@ -364,12 +464,24 @@ class JobQueue:
             k.queue(job.model),
             k.tenant_jobs(job.tenant),
             k.tenant_history(job.tenant),
+            k.inversion_job(job.inversion_id),
+            k.inversion_waiting(job.inversion_id),
+            k.inversion(job.inversion_id),
+            *(key for key, _ in keep.values),
+            *([keep.index[0]] if keep.index else []),
         ]
-        mid = await self._enqueue(keys=keys, args=args)
-        if mid is None:
+        outcome, value = (_text(part) for part in await self._enqueue(keys=keys, args=args))
+        if outcome == "full":
             raise TooManyJobs(f"tenant {job.tenant!r} already has {cap} unfinished jobs")
+        if outcome == "joined":
+            maker = await self.get(value)
+            return maker if maker is not None else await self.submit(job, keep)  # it expired just now
+        if keep.values:  # the uploads it stored count against BDIA_UPLOADS_MAX_BYTES; the inversion refers to them
+            referrer = keep.index[1] if keep.index else None
+            uploads = [key for key, _ in keep.values if self.keys.is_blob(key)]
+            await self.uploads.adopt(uploads, referrer=referrer, until=time.time() + keep.ttl)
         await self.redis.hincrby(self.keys.stats, f'jobs_submitted_total{{kind="{job.kind}"}}', 1)
-        return job.model_copy(update={"message_id": _text(mid)})
+        return job.model_copy(update={"message_id": value if outcome == "queued" else None})
 
     async def depth(self, model: str) -> int:
         """Jobs in the model's queue that no worker has picked up yet."""
@@ -470,12 +582,13 @@ class JobQueue:
         if not is_job_id(job_id):
             return None
         job_key = self.keys.job(job_id)
-        model, tenant = await self.redis.hmget(job_key, ["model", "tenant"])
+        model, tenant, inversion_id = await self.redis.hmget(job_key, ["model", "tenant", "inversion_id"])
         if model is None:
             return None
         tenant_jobs = self.keys.tenant_jobs(json.loads(tenant) if tenant else PUBLIC_TENANT)
-        k = self.keys
+        k, inversion = self.keys, json.loads(inversion_id or '""')
         keys = [job_key, k.events(job_id), k.result(job_id), tenant_jobs, k.webhooks, k.queue(json.loads(model))]
+        keys += [k.inversion_job(inversion), k.inversion_waiting(inversion)]
         status = await self._cancel(keys=keys, args=[job_id, self.settings.job_ttl_s, json.dumps(time.time())])
         if status == b"canceled":
             await self.redis.hincrby(self.keys.stats, 'jobs_finished_total{status="canceled"}', 1)
@@ -553,7 +666,7 @@ class JobQueue:
         if status not in TERMINAL:
             raise IllegalTransition(job.status, status)
         if output is not None:
-            await self.redis.set(self.keys.result(job.id), output, ex=self.settings.job_ttl_s)
+            await self.results.store(self.keys.result(job.id), output, self.settings.job_ttl_s)  # within its budget
         data: dict[str, Any] = {"result": result, "metrics": metrics} if status == "succeeded" else {}
         if error:
             data["error"] = error
@@ -615,4 +728,5 @@ class JobQueue:
             args += [name, json.dumps(value)]
         k = self.keys
         keys = [k.job(job.id), k.events(job.id), k.result(job.id), k.tenant_jobs(job.tenant), k.webhooks]
+        keys += [k.inversion_job(job.inversion_id), k.inversion_waiting(job.inversion_id), k.queue(job.model)]
         return await self._transition(keys=keys, args=args) == 1

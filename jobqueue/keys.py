@@ -5,14 +5,23 @@
 {p}:job:{id}                   hash: the job record (``app.jobs.Job``)
 {p}:job:{id}:events            stream: the job's events, replayed to late SSE subscribers
 {p}:job:{id}:result            string: the output PNG
+{p}:job:{id}:mask              string: the edit mask the output used, PNG at its size (white = changed), if any
 {p}:inv:{id}                   hash: a cached latent pair (safetensors bytes, checksum, metadata)
 {p}:inv:{id}:spec              string: what the inversion is of (JSON ``InversionSpec``), to recompute it
-{p}:inv:{id}:job               string: the id of the job now making the inversion
+{p}:inv:{id}:job               string: the id of the unfinished job making the inversion (cleared when it finishes)
+{p}:inv:{id}:waiting           list: ids of jobs queued behind that job, put on the queue when it finishes
+{p}:inv:{id}:deleted           string: the tenant that deleted the inversion (``DELETE``): until it is requested
+                               again, no job stores it; a repeated ``DELETE`` is answered 204 while this lasts
 {p}:cache:lru                  sorted set: inversion id → last use (seconds)
 {p}:cache:sizes                hash: inversion id → bytes held
 {p}:blob:{sha256}              string: uploaded file bytes, content-addressed
-{p}:idem:{scope}:{key}         string: a stored response for an ``Idempotency-Key``
-{p}:model:{name}               string: JSON model info, written by the model's workers
+{p}:blob:{sha256}:refs         sorted set: inversion id → when its spec expires (the inversions made from the upload)
+{p}:bytes:{kind}               hash: key of a stored value → bytes, in the byte budget of ``uploads`` or ``results``
+{p}:bytes:{kind}:expiry        sorted set: key of a stored value → when it expires (seconds)
+{p}:bytes:{kind}:total         string: the bytes the kind holds
+{p}:idem:{scope}:{key}         string: an ``Idempotency-Key``'s reservation (a short lease) or its stored response
+{p}:model:{name}               string: the model's registry record (``models.ModelRecord``), renewed by its workers'
+                               heartbeats, expiring ``model_ttl_s`` after the last
 {p}:workers:{model}            sorted set: worker id → last heartbeat (seconds)
 {p}:worker:{id}                string: JSON worker info, expires unless renewed
 {p}:stats                      hash: service-wide counters for ``/metrics``
@@ -37,6 +46,15 @@ WEBHOOK_GROUP = "webhooks"
 
 
 @dataclass(frozen=True)
+class BudgetKeys:
+    """The records of one byte budget (``bdia.jobqueue.storage.Budget``)."""
+
+    sizes: str
+    expiry: str
+    total: str
+
+
+@dataclass(frozen=True)
 class Keys:
     """Key names under one prefix (one deployment, or one test run)."""
 
@@ -58,6 +76,9 @@ class Keys:
     def result(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}:result"
 
+    def mask(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:mask"
+
     def inversion(self, inversion_id: str) -> str:
         return f"{self.prefix}:inv:{inversion_id}"
 
@@ -66,6 +87,12 @@ class Keys:
 
     def inversion_job(self, inversion_id: str) -> str:
         return f"{self.prefix}:inv:{inversion_id}:job"
+
+    def inversion_waiting(self, inversion_id: str) -> str:
+        return f"{self.prefix}:inv:{inversion_id}:waiting"
+
+    def inversion_deleted(self, inversion_id: str) -> str:
+        return f"{self.prefix}:inv:{inversion_id}:deleted"
 
     @property
     def cache_lru(self) -> str:
@@ -77,6 +104,18 @@ class Keys:
 
     def blob(self, sha256: str) -> str:
         return f"{self.prefix}:blob:{sha256}"
+
+    def blob_refs(self, sha256: str) -> str:
+        return f"{self.prefix}:blob:{sha256}:refs"
+
+    def is_blob(self, key: str) -> bool:
+        """Whether ``key`` is an upload's (``blob``), not another key under it."""
+        head = self.blob("")
+        return key.startswith(head) and len(key) > len(head) and ":" not in key[len(head) :]
+
+    def budget(self, kind: str) -> BudgetKeys:
+        base = f"{self.prefix}:bytes:{kind}"
+        return BudgetKeys(base, f"{base}:expiry", f"{base}:total")
 
     def idempotency(self, scope: str, key: str) -> str:
         return f"{self.prefix}:idem:{scope}:{key}"

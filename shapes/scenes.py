@@ -37,6 +37,9 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
 KINDS: tuple[str, ...] = ("circle", "square", "triangle", "star")
 _COLOUR_NAMES, _BACKGROUND_NAMES = tuple(COLOURS), tuple(BACKGROUNDS)
 EDIT_KINDS: tuple[str, ...] = ("colour", "kind", "add", "remove")
+"""Local edits: one shape changes, appears or disappears."""
+GLOBAL_EDIT_KINDS: tuple[str, ...] = ("background",)
+"""Global edits: the background's colour changes around every shape."""
 
 SIZE_RANGE = (0.13, 0.2)  # nominal radius, as a fraction of the image side
 MAX_SHAPES = 2
@@ -251,8 +254,9 @@ def scene_rng(seed: int, index: int, stream: int = 0) -> np.random.Generator:
 class Edit:
     """A source scene and a target that differs in exactly one attribute.
 
-    ``kind`` is one of :data:`EDIT_KINDS`; ``index`` is the edited shape's position in ``source.shapes``
-    (for ``"add"``: the new shape's position in ``target.shapes``).
+    ``kind`` is one of :data:`EDIT_KINDS` or :data:`GLOBAL_EDIT_KINDS`; ``index`` is the edited shape's
+    position in ``source.shapes`` (for ``"add"``: the new shape's position in ``target.shapes``; for
+    ``"background"``: -1).
     """
 
     source: Scene
@@ -271,7 +275,9 @@ class Edit:
 
     @property
     def edited_shapes(self) -> tuple[Shape | None, Shape | None]:
-        """(the shape before, the shape after); None where it is absent."""
+        """(the shape before, the shape after); None where it is absent (both for a background edit)."""
+        if self.kind == "background":
+            return None, None
         if self.kind == "add":
             return None, self.target.shapes[self.index]
         if self.kind == "remove":
@@ -290,6 +296,8 @@ class Edit:
         """Where the edit may change pixels: the union of the edited shape before and after, grown by
         ``dilate`` pixels; an (H, W) bool array."""
         region = np.zeros((resolution, resolution), dtype=bool)
+        if self.kind == "background":  # every pixel the shapes do not fully cover
+            region = ~(self.source.masks(resolution).sum(0) >= 1)
         for shape in self.edited_shapes:
             if shape is not None:
                 region |= Scene((shape,)).masks(resolution)[0] > 0
@@ -315,8 +323,11 @@ def edit_scene(scene: Scene, rng: np.random.Generator, kind: str | None = None) 
     ``"add"``, no free place was found)."""
     allowed = possible_edits(scene)
     kind = _pick(rng, allowed) if kind is None else kind
+    if kind == "background":
+        colour = _pick(rng, [b for b in _BACKGROUND_NAMES if b != scene.background])
+        return Edit(scene, replace(scene, background=colour), kind, -1)
     if kind not in EDIT_KINDS:
-        raise ValueError(f"unknown edit kind {kind!r} (one of {EDIT_KINDS})")
+        raise ValueError(f"unknown edit kind {kind!r} (one of {EDIT_KINDS + GLOBAL_EDIT_KINDS})")
     if kind not in allowed:
         return None
     shapes = list(scene.shapes)
@@ -337,15 +348,15 @@ def edit_scene(scene: Scene, rng: np.random.Generator, kind: str | None = None) 
     return Edit(scene, scene.with_shapes(shapes), kind, index)
 
 
-def edit_benchmark(n: int, seed: int = 0, stream: int = 1) -> list[Edit]:
-    """``n`` held-out (scene, edit) pairs, the edit kinds in turn; deterministic from ``seed``.
+def edit_benchmark(n: int, seed: int = 0, stream: int = 1, kinds: Sequence[str] = EDIT_KINDS) -> list[Edit]:
+    """``n`` held-out (scene, edit) pairs, the edit ``kinds`` in turn; deterministic from ``seed``.
 
     Drawn from a stream other than training's, so the scenes are new to a trained model.
     """
     edits: list[Edit] = []
     index = 0
     while len(edits) < n:
-        kind = EDIT_KINDS[len(edits) % len(EDIT_KINDS)]
+        kind = kinds[len(edits) % len(kinds)]
         rng = scene_rng(seed, index, stream)
         index += 1
         n_shapes = 1 if kind == "add" else 2 if kind == "remove" else None

@@ -7,11 +7,20 @@ trained weights live in ``bdia/assets/shapes/``).
 
 A ``UNet2DConditionModel`` with cross-attention and a small ``CLIPTextModel`` over the byte-level
 tokenizer are trained jointly from scratch on scenes drawn on the fly (:mod:`shapes.scenes`;
-batch ``k`` is a pure function of the seed and ``k``), with ε-prediction, min-SNR loss weights,
-classifier-free-guidance dropout, AdamW with warm-up and cosine decay, and an EMA of the weights
+batch ``k`` is a pure function of the seed and ``k``), with ε- (or v-) prediction, min-SNR loss
+weights, classifier-free-guidance dropout, AdamW with warm-up and cosine decay, and an EMA of the weights
 (what is saved). DIR gets the StableDiffusionPipeline layout without a VAE (``unet/``,
 ``text_encoder/``, ``tokenizer/``, ``scheduler/``, ``model_index.json``; safetensors), plus
 ``training.json`` (the run's record) and ``samples.png``.
+
+Training covers all 1000 timesteps of the cosine schedule; the saved scheduler is the one the
+model samples with (``sampling_scheduler_config``): for ε-prediction it is cut after timestep
+``--sample-top`` (900), with trailing spacing, because above that the model's x₀ estimate is too
+far off (docs/benchmarks.md, "Sample quality of the bundled model"). ``--prediction-type
+v_prediction`` trains a model that can sample from t = 999, where ᾱ ≈ 0 (a pure-noise start then
+carries no false information about the image's mean colour); ``--init DIR`` continues training a
+saved model (a fine-tune; its sizes, not ``--model``'s); ``--short-captions P`` trains a fraction
+P of the captions without their background phrase ("a red circle").
 
 The run ends with a self-check: it loads DIR back through diffusers, samples held-out prompts with
 DDIM and classifier-free guidance, and reports how often :mod:`shapes.classifier` sees the
@@ -64,21 +73,54 @@ PRESETS = {
 }
 
 
-def scheduler_config() -> dict:
-    """The DDIM scheduler of the model: cosine betas, ε-prediction, leading spacing."""
+def scheduler_config(prediction_type: str = "epsilon", spacing: str = "leading") -> dict:
+    """The training schedule: 1000 cosine-beta timesteps, ε- (or v-) prediction; ``spacing`` for sampling.
+
+    With it the bundled model first shipped (leading spacing, whose top level 1000 − 1000/N rises with
+    the step count N: 901 at 10 steps, 981 at 50); it now samples with ``sampling_scheduler_config``.
+    """
     return {
         "num_train_timesteps": 1000,
         "beta_schedule": "squaredcos_cap_v2",
-        "prediction_type": "epsilon",
-        "timestep_spacing": "leading",
+        "prediction_type": prediction_type,
+        "timestep_spacing": spacing,
         "steps_offset": 1,
         "set_alpha_to_one": False,
         "clip_sample": False,
     }
 
 
-def build_model(config: ModelConfig, resolution: int = 32):
-    """(unet, text_encoder, tokenizer, scheduler), freshly initialised from the global torch RNG."""
+SAMPLE_TOP = 900
+"""The highest timestep the saved ε-prediction model samples from (``sampling_scheduler_config``)."""
+
+
+def sampling_scheduler_config(
+    top: int = SAMPLE_TOP, spacing: str = "trailing", prediction_type: str = "epsilon"
+) -> dict:
+    """The scheduler the model is saved with: the training schedule cut after timestep ``top``.
+
+    ``trained_betas`` holds the training betas of timesteps 0…top, so ᾱ(t) is bit-identical to
+    training's wherever the sampler goes, and trailing spacing starts every sampling run at ``top``
+    whatever the step count. Above ~900 the cosine schedule's ᾱ falls toward 0 and an ε-prediction
+    model's x₀ error, (σ/α)·(ε error), grows without bound: more steps (leading spacing's top level is
+    1000 − 1000/N) then meant colour casts and noise. ``top`` ≥ 999 keeps the whole schedule.
+    """
+    config = scheduler_config(prediction_type, spacing)
+    if top >= config["num_train_timesteps"] - 1:
+        return config
+    from diffusers import DDIMScheduler
+
+    betas = DDIMScheduler(**scheduler_config(prediction_type)).betas[: top + 1]
+    return {**config, "num_train_timesteps": top + 1, "trained_betas": betas.tolist()}
+
+
+def short_caption(scene) -> str:
+    """The caption without its background phrase: ``"a red circle and a blue square"``."""
+    return " and ".join(s.phrase for s in scene.shapes)
+
+
+def build_model(config: ModelConfig, resolution: int = 32, prediction_type: str = "epsilon"):
+    """(unet, text_encoder, tokenizer, training scheduler), freshly initialised from the global torch RNG."""
     from diffusers import DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -111,17 +153,33 @@ def build_model(config: ModelConfig, resolution: int = 32):
             pad_token_id=1,
         )
     )
-    return unet, text_encoder, byte_level_tokenizer(config.max_length), DDIMScheduler(**scheduler_config())
+    scheduler = DDIMScheduler(**scheduler_config(prediction_type))
+    return unet, text_encoder, byte_level_tokenizer(config.max_length), scheduler
+
+
+def load_components(folder: Path, prediction_type: str = "epsilon"):
+    """(unet, text_encoder, tokenizer, training scheduler) of a saved model, in float32, to continue training it."""
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch.float32)
+    text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=torch.float32)
+    tokenizer = byte_level_tokenizer(text_encoder.config.max_position_embeddings)
+    return unet, text_encoder, tokenizer, DDIMScheduler(**scheduler_config(prediction_type))
 
 
 class SceneBatches(torch.utils.data.Dataset):
     """Training batch ``k``: (uint8 images (B, 3, H, W), token ids (B, L)), a pure function of (seed, k).
 
-    A fraction ``uncond`` of the captions is replaced by the empty prompt (classifier-free guidance).
+    A fraction ``uncond`` of the captions is replaced by the empty prompt (classifier-free guidance), and a
+    fraction ``short`` of the others by the caption without its background phrase (``short_caption``), so
+    that prompts naming the shapes only are in the model's distribution.
     """
 
-    def __init__(self, seed: int, batch: int, resolution: int, uncond: float, max_length: int, length: int):
-        self.seed, self.batch, self.resolution, self.uncond = seed, batch, resolution, uncond
+    def __init__(
+        self, seed: int, batch: int, resolution: int, uncond: float, max_length: int, length: int, short: float = 0.0
+    ):
+        self.seed, self.batch, self.resolution, self.uncond, self.short = seed, batch, resolution, uncond, short
         self.max_length, self.length = max_length, length
         self._tokenizer = None
         self._ids: dict[str, list[int]] = {}
@@ -138,12 +196,21 @@ class SceneBatches(torch.utils.data.Dataset):
             ).input_ids
         return self._ids[caption]
 
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def scenes(self, k: int) -> tuple[list, list[str]]:
+        """Batch ``k``'s scenes and the captions it trains them with."""
         rng = scene_rng(self.seed, k, TRAIN_STREAM)
         scenes = [random_scene(rng) for _ in range(self.batch)]
         drop = rng.random(self.batch) < self.uncond
+        short = rng.random(self.batch) < self.short if self.short > 0 else np.zeros(self.batch, dtype=bool)
+        captions = [
+            "" if d else short_caption(s) if c else s.caption for s, d, c in zip(scenes, drop, short, strict=True)
+        ]
+        return scenes, captions
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        scenes, captions = self.scenes(k)
         images = render_batch(scenes, self.resolution).transpose(0, 3, 1, 2)
-        ids = [self.tokens("" if d else s.caption) for s, d in zip(scenes, drop, strict=True)]
+        ids = [self.tokens(caption) for caption in captions]
         return torch.from_numpy(np.ascontiguousarray(images)), torch.tensor(ids, dtype=torch.int64)
 
 
@@ -283,7 +350,11 @@ class Trainee:
     def __init__(self, args: argparse.Namespace, device: torch.device) -> None:
         cuda = device.type == "cuda"
         self.args, self.device = args, device
-        self.unet, self.text_encoder, self.tokenizer, self.scheduler = build_model(PRESETS[args.model], args.resolution)
+        if args.init:
+            parts = load_components(Path(args.init), args.prediction_type)
+        else:
+            parts = build_model(PRESETS[args.model], args.resolution, args.prediction_type)
+        self.unet, self.text_encoder, self.tokenizer, self.scheduler = parts
         self.unet.to(device).train()
         self.text_encoder.to(device).train()
         if args.channels_last:
@@ -299,7 +370,12 @@ class Trainee:
         )
         self.alphas = self.scheduler.alphas_cumprod.to(device, torch.float32)
         snr = self.alphas / (1 - self.alphas)
-        self.loss_weight = snr.clamp(max=args.min_snr) / snr if args.min_snr > 0 else torch.ones_like(snr)
+        if args.min_snr <= 0:
+            self.loss_weight = torch.ones_like(snr)
+        elif args.prediction_type == "epsilon":  # min-SNR-γ on the ε loss
+            self.loss_weight = snr.clamp(max=args.min_snr) / snr
+        else:  # the same weight on x₀'s error, for the v loss
+            self.loss_weight = snr.clamp(max=args.min_snr) / (snr + 1)
         self.generator = torch.Generator(device=device).manual_seed(args.seed)
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
 
@@ -326,7 +402,8 @@ class Trainee:
         with self.autocast:
             context = self.text_encoder(ids)[0]
             eps = self.unet(xt, t, encoder_hidden_states=context).sample
-        loss = ((eps.float() - noise) ** 2).mean(dim=(1, 2, 3)).mul(self.loss_weight[t]).mean()
+        target = noise if args.prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x0  # v
+        loss = ((eps.float() - target) ** 2).mean(dim=(1, 2, 3)).mul(self.loss_weight[t]).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, args.clip)
@@ -336,12 +413,22 @@ class Trainee:
         return loss.detach()
 
     def save_ema(self, folder: Path, dtype: torch.dtype) -> None:
-        """Replace the weights by their EMA and save them to ``folder`` (the pipeline layout, in ``dtype``)."""
+        """Replace the weights by their EMA and save them to ``folder`` (the pipeline layout, in ``dtype``) with
+        the scheduler the model samples with (``sampling_scheduler_config``)."""
+        from diffusers import DDIMScheduler
+
         with torch.no_grad():
             for p, e in zip(self.params, self.ema, strict=True):
                 p.copy_(e)
         folder.mkdir(parents=True, exist_ok=True)
-        save(folder, self.unet.cpu(), self.text_encoder.cpu(), self.tokenizer, self.scheduler, dtype)
+        args = self.args
+        top = (
+            args.sample_top
+            if args.sample_top is not None
+            else (SAMPLE_TOP if args.prediction_type == "epsilon" else 999)
+        )
+        sampler = DDIMScheduler(**sampling_scheduler_config(top, args.spacing, args.prediction_type))
+        save(folder, self.unet.cpu(), self.text_encoder.cpu(), self.tokenizer, sampler, dtype)
 
 
 class Pace:
@@ -405,7 +492,10 @@ class Pace:
 def _loader(args: argparse.Namespace, device: torch.device) -> torch.utils.data.DataLoader:
     """The training batches, rendered by data workers (default: up to 12 on CUDA, none on CPU)."""
     cuda = device.type == "cuda"
-    data = SceneBatches(args.seed, args.batch, args.resolution, args.uncond, PRESETS[args.model].max_length, args.steps)
+    max_length = PRESETS[args.model].max_length
+    data = SceneBatches(
+        args.seed, args.batch, args.resolution, args.uncond, max_length, args.steps, args.short_captions
+    )
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
     workers = args.workers if args.workers is not None else (max(min(12, cpus - 2), 1) if cuda else 0)
     return torch.utils.data.DataLoader(
@@ -524,6 +614,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--resolution", type=int, default=32)
     p.add_argument("--model", choices=sorted(PRESETS), default="small")
+    p.add_argument("--init", default=None, help="continue training this saved model (its sizes; --model is ignored)")
+    p.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default="epsilon")
+    p.add_argument(
+        "--spacing", choices=("leading", "trailing", "linspace"), default="trailing", help="sampling spacing"
+    )
+    p.add_argument(
+        "--sample-top", type=int, default=None, help="highest sampling timestep (default: 900 for epsilon, else 999)"
+    )
+    p.add_argument("--short-captions", type=float, default=0.0, help="fraction of captions without their background")
     p.add_argument("--time-limit", type=float, default=None, help="seconds for the whole run, self-check included")
     p.add_argument("--lr", type=float, default=6e-4)
     p.add_argument("--warmup", type=int, default=200)
@@ -538,8 +637,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fp32", dest="fp16", action="store_false", help="save float32 weights (default float16)")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--check-samples", type=int, default=256, help="self-check samples (0: none)")
-    p.add_argument("--check-steps", type=int, default=50)
-    p.add_argument("--guidance", type=float, default=4.0)
+    p.add_argument("--check-steps", type=int, default=20)
+    p.add_argument("--guidance", type=float, default=2.0)
     return p.parse_args(argv)
 
 

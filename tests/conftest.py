@@ -10,14 +10,14 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import pytest
 import redis
 from fastapi.testclient import TestClient
 from PIL import Image
-from support import REDIS_URL, delete_prefix
+from support import REDIS_URL, announce_models, delete_prefix, model_record
 
 from bdia.app.main import create_app
 from bdia.jobqueue.settings import Settings
@@ -64,11 +64,17 @@ def prefix(redis_client: redis.Redis) -> Iterator[str]:
 
 @pytest.fixture
 def api(prefix: str) -> Iterator[Callable[..., TestClient]]:
-    """Make in-process APIs over this test's key prefix with any settings (webhooks not delivered)."""
+    """Make in-process APIs over this test's key prefix with any settings (webhooks not delivered).
+
+    There is no worker, so the served models are announced in the model registry as a ``tiny-random``
+    worker would announce them (``announced``: only these names), else every request would get 503
+    ``model_unavailable``."""
     clients: list[TestClient] = []
 
-    def make(**overrides: object) -> TestClient:
+    def make(announced: Iterable[str] | None = None, **overrides: object) -> TestClient:
         settings = Settings(**{"redis_url": REDIS_URL, "key_prefix": prefix, "api_webhooks": False, **overrides})
+        names = settings.served_models if announced is None else announced
+        announce_models(settings, [model_record(name) for name in names])
         client = TestClient(create_app(settings))
         client.__enter__()
         clients.append(client)

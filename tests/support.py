@@ -7,15 +7,22 @@ response; the tenants' keys and the webhook secret are those of the production-l
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 import redis
 from PIL import Image
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
+from bdia.jobqueue.models import ModelRecord, ModelRegistry
+from bdia.jobqueue.settings import Settings
 from bdia.jobqueue.stack import LocalStack, delete_prefix, environment, free_port
+from bdia.params import ModelDefaults
 
 __all__ = [
     "ALICE",
@@ -25,12 +32,14 @@ __all__ = [
     "ROOT",
     "WEBHOOK_SECRET",
     "Deployment",
+    "announce_models",
     "assert_problem",
     "bearer",
     "delete_prefix",
     "deployment_env",
     "free_port",
     "make_png",
+    "model_record",
     "start_deployment",
 ]
 
@@ -57,6 +66,41 @@ def make_png(seed: int = 0, size: tuple[int, int] = (48, 40)) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def model_record(name: str = "tiny-random", **changes: object) -> ModelRecord:
+    """The registry record a ``tiny-random`` worker announces, under ``name`` (tests/e2e/test_model_registry.py
+    checks it against a real worker's), with ``changes``."""
+    fields: dict[str, object] = {
+        "family": "tiny-random",
+        "height": 32,
+        "width": 32,
+        "latent_factor": 4,
+        "size_multiple": 8,
+        "num_train_timesteps": 1000,
+        "max_steps": 999,
+        "prediction_type": "epsilon",
+        "defaults": ModelDefaults(),
+    }
+    return ModelRecord(name=name, **{**fields, **changes})
+
+
+def announce_models(settings: Settings, records: Iterable[ModelRecord]) -> None:
+    """Publish registry records as workers of those models would (an in-process API has no worker); a Redis
+    that does not answer is left alone (the test is about that)."""
+
+    async def publish() -> None:
+        client = Redis.from_url(settings.redis_url, socket_connect_timeout=1)
+        try:
+            registry = ModelRegistry(client, settings)
+            for record in records:
+                await registry.publish(record)
+        except RedisError:
+            pass
+        finally:
+            await client.aclose()
+
+    asyncio.run(publish())
 
 
 def bearer(key: str) -> dict[str, str]:

@@ -57,6 +57,8 @@ class Outcome:
     inversion: bytes | None = None
     inversion_meta: dict[str, Any] = field(default_factory=dict)
     image_png: bytes | None = None
+    mask_png: bytes | None = None
+    """The edit mask the regeneration used, at the result's size (white = changed); None without one."""
 
 
 def run_task(
@@ -165,8 +167,9 @@ def task_job(model: bdia.DiffusionModel, task: Task, *, gamma_bound: float) -> J
         if task.image is None:
             raise InputsGone(f"the upload of {spec.inversion_id} has expired: submit the image again")
         params = spec.inversion_params().model_copy(update={"model": model.name}).check(gamma_bound)
-        picture = imaging.fit_to_model(imaging.load_image(task.image), model.height, model.width)
-        inversion = yield from inverting(model, imaging.encode(model, picture), params, layout=task.layout)
+        upload = imaging.load_image(task.image)
+        z0 = imaging.encode(model, imaging.fit_to_working(model, upload))
+        inversion = yield from inverting(model, z0, params, layout=task.layout, source=upload)
         outcome.inversion = inversion.to_bytes()
         outcome.inversion_meta = inversion_meta(inversion, spec)
         outcome.metrics["inversion_nfe"] = inversion.nfe
@@ -183,7 +186,9 @@ def task_job(model: bdia.DiffusionModel, task: Task, *, gamma_bound: float) -> J
         return outcome
 
     reconstruct = task.kind == "reconstruct"
-    fields = {} if reconstruct else {name: task.params.get(name) for name in EditParams.model_fields}
+    # Fields the job leaves out (or None) keep their defaults: the controlled, automatically blended edit.
+    names = () if reconstruct else EditParams.model_fields
+    fields = {name: task.params[name] for name in names if task.params.get(name) is not None}
     edit = EditParams.create(**fields)
     if not reconstruct and edit.prompt is None:
         raise bdia.InvalidParameter("an edit job needs a prompt")
@@ -194,12 +199,15 @@ def task_job(model: bdia.DiffusionModel, task: Task, *, gamma_bound: float) -> J
         guidance_scale=edit.guidance_scale,
         negative_prompt=edit.negative_prompt,
         gamma=edit.edit_gamma,
+        edit=edit,
         mask=task.mask,
         image_size=imaging.load_image(task.image).size if task.mask is not None and task.image is not None else None,
         layout=task.layout,
     )
     picture = regeneration.image
     outcome.image_png = png(picture)
+    if regeneration.mask_image is not None:
+        outcome.mask_png = png(regeneration.mask_image)
     outcome.metrics["regenerate_nfe"] = regeneration.nfe
     outcome.metrics["nfe"] = outcome.metrics["inversion_nfe"] + regeneration.nfe
     outcome.result = {
@@ -208,10 +216,19 @@ def task_job(model: bdia.DiffusionModel, task: Task, *, gamma_bound: float) -> J
         "height": picture.height,
         "fingerprint_match": regeneration.fingerprint_match,
     }
+    if regeneration.working_image is not None:
+        outcome.result["working_width"] = regeneration.working_image.width
+        outcome.result["working_height"] = regeneration.working_image.height
+    if regeneration.mask_fraction is not None:
+        outcome.result["mask_fraction"] = regeneration.mask_fraction
     if reconstruct:
         outcome.result["latent_max_abs_error"] = regeneration.latent_max_abs_error
         outcome.result["exact"] = regeneration.exact
-        outcome.result["psnr"] = _psnr(model, task.image, picture)
+        if regeneration.psnr is not None:  # errors at the upload's size and at the working size
+            outcome.result["psnr"] = _finite(regeneration.psnr)
+            outcome.result["working_psnr"] = _finite(regeneration.working_psnr)
+        else:  # an inversion made before it kept its source: the upload fit to the model's size, if it is left
+            outcome.result["psnr"] = _psnr(model, task.image, picture)
     return outcome
 
 
@@ -246,6 +263,11 @@ def _cached(task: Task) -> bdia.Inversion | None:
     except bdia.InvalidInversion as exc:  # intact bytes, unreadable content: recompute
         log.warning("cached inversion %s is unreadable (%s): recomputing", task.spec.inversion_id, exc)
         return None
+
+
+def _finite(value: float | None) -> float | None:
+    """A PSNR for JSON: None when the pixels are identical (infinite)."""
+    return None if value is None or value == float("inf") else value
 
 
 def _psnr(model: bdia.DiffusionModel, upload: bytes | None, picture: Any) -> float | None:

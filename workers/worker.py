@@ -16,7 +16,8 @@ with ``fixed``, always at B. A reconstruction runs in its inversion's layout, wh
 an edit of a cached inversion takes that inversion's slot when the policy's choice allows.
 
 A worker holds a lease on each job it runs (renewed every ``lease_s / 3``) and registers its model
-and a heartbeat so that ``/readyz`` and ``GET /v1/models`` see it. Jobs whose worker died are
+(``bdia.jobqueue.models``: family, size, schedule, defaults) and a heartbeat so that ``/readyz``, the
+API's checks and ``GET /v1/models`` see it. Jobs whose worker died are
 reclaimed by another; a job is acknowledged only after its outcome is stored. The numerics run
 in a thread while the event loop keeps the leases and publishes progress; cancellation is
 checked between steps.
@@ -45,6 +46,7 @@ from bdia.jobqueue.cache import InversionCache
 from bdia.jobqueue.jobs import Delivery, Job, JobQueue
 from bdia.jobqueue.keys import Keys
 from bdia.jobqueue.logs import configure_logging
+from bdia.jobqueue.models import ModelRecord, ModelRegistry
 from bdia.jobqueue.settings import Settings
 
 if TYPE_CHECKING:
@@ -230,6 +232,7 @@ class Worker:
         self.redis = Redis.from_url(settings.redis_url)
         self.queue = JobQueue(self.redis, settings, self.keys)
         self.cache = InversionCache(self.redis, settings, self.keys)
+        self.models = ModelRegistry(self.redis, settings, self.keys)
         self.stopping = asyncio.Event()
         self.active: dict[str, Running] = {}
         self.jobs_done = 0
@@ -311,7 +314,6 @@ class Worker:
         if delivery.deliveries > self.settings.max_deliveries:
             log.warning("job %s dead-lettered after %d deliveries", job.id, delivery.deliveries)
             await queue.dead_letter(job, delivery)
-            await self._release_maker(job)
             return
         if not await queue.start(job, self.id, delivery.deliveries):  # finished meanwhile
             await queue.ack(self.model_name, delivery.message_id)
@@ -436,6 +438,8 @@ class Worker:
             if outcome.inversion is not None:
                 await self.cache.put(job.inversion_id, outcome.inversion, outcome.inversion_meta)
             result, metrics = self._result(job, outcome), self._metrics(job, outcome.metrics)
+            if outcome.mask_png is not None:  # beside the result: its TTL and budget, stored before success shows
+                await self.queue.results.store(self.keys.mask(job.id), outcome.mask_png, self.settings.job_ttl_s)
             await self.queue.finish(job, "succeeded", result=result, metrics=metrics, output=outcome.image_png)
             await self._acknowledge(job, delivery)
             log.info("job %s succeeded (nfe %s)", job.id, outcome.metrics.get("nfe"))
@@ -459,17 +463,14 @@ class Worker:
         log.log(level, "job %s %s%s", job.id, status, f": {error['detail']}" if error else "")
 
     async def _acknowledge(self, job: Job, delivery: Delivery) -> None:
+        """Done with its stream entry (the job's final status, stored before, released what waited on it)."""
         await self.queue.ack(self.model_name, delivery.message_id)
-        await self._release_maker(job)
-
-    async def _release_maker(self, job: Job) -> None:
-        if job.kind == "invert":
-            await self.cache.release_maker(job.inversion_id, job.id)
 
     def _result(self, job: Job, outcome: Any) -> dict[str, Any]:
         if job.kind == "invert":
             return outcome.result
-        return {"url": f"/v1/jobs/{job.id}/result", **outcome.result}
+        mask = {"mask": f"/v1/jobs/{job.id}/mask"} if outcome.mask_png is not None else {}
+        return {"url": f"/v1/jobs/{job.id}/result", **mask, **outcome.result}
 
     def _metrics(self, job: Job, metrics: dict[str, Any]) -> dict[str, Any]:
         now = time.time()
@@ -486,7 +487,7 @@ class Worker:
     async def beat(self) -> None:
         """Announce this worker and its model; renew the leases on its running jobs."""
         now = time.time()
-        info = self.model.info()
+        record = ModelRecord.from_info(self.model.info(), self.model_name)
         presence = {
             "id": self.id,
             "model": self.model_name,
@@ -501,7 +502,7 @@ class Worker:
             pipe.zadd(self.keys.workers(self.model_name), {self.id: now})
             pipe.zremrangebyscore(self.keys.workers(self.model_name), "-inf", now - 10 * self.settings.lease_s)
             pipe.set(self.keys.worker(self.id), json.dumps(presence), ex=max(1, int(self.settings.lease_s * 2)))
-            pipe.set(self.keys.model_info(self.model_name), json.dumps(info), ex=24 * 3600)
+            self.models.publish_in(pipe, record)  # the model's registry record, renewed with the heartbeat
             await pipe.execute()
         for running in list(self.active.values()):
             if running.abandon is not None:

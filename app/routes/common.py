@@ -9,10 +9,10 @@ from typing import Any
 from fastapi.responses import JSONResponse
 
 from bdia.jobqueue.cache import CachedInversion, InversionSpec
-from bdia.jobqueue.jobs import TERMINAL, Job, TooManyJobs, newest_first
+from bdia.jobqueue.jobs import TERMINAL, Job, Keep, TooManyJobs, newest_first
 from bdia.wire import moment
 
-from ..deps import LONGEST_BLOCK_S, Services
+from ..deps import Services
 from ..idempotency import REPLAYED
 from ..problems import Problem, not_found
 from ..schemas import InversionOut, JobOut, to_json
@@ -55,25 +55,24 @@ async def submitted(services: Services, job: Job, wait_s: float) -> JSONResponse
 
 
 async def wait_for(services: Services, job_id: str, wait_s: float) -> Job | None:
-    """The job once it has finished, following its events for at most ``wait_s``; None if it has not."""
+    """The job once it has finished, following its events for at most ``wait_s``; None if it has not.
+    The events come from the process's ``EventHub``: a waiting request holds no pooled Redis connection."""
     deadline = time.monotonic() + wait_s
-    cursor, block = "0-0", None  # first: every past event, without blocking
-    while True:
-        events = await services.queue.events(job_id, cursor, block_ms=block)
-        if any(event.event in TERMINAL for event in events):
-            job = await services.queue.get(job_id)
-            return job if job is not None and job.done else None
-        if events:
-            cursor = events[-1].id
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return None
-        block = max(1, int(min(remaining, LONGEST_BLOCK_S) * 1000))
+    async with services.streams.follow(job_id) as events:
+        while True:
+            if any(event.event in TERMINAL for event in await events.next(deadline - time.monotonic())):
+                job = await services.queue.get(job_id)
+                return job if job is not None and job.done else None
+            if time.monotonic() >= deadline:
+                return None
 
 
-async def enqueue(services: Services, job: Job) -> Job:
-    """Queue a job; 503 ``queue_full`` when its model's queue is full, 429 ``rate_limited`` when its
-    tenant has too many unfinished jobs."""
+async def enqueue(services: Services, job: Job, keep: Keep | None = None) -> Job:
+    """Queue a job, storing ``keep`` (its uploads) in the same step; 503 ``queue_full`` when its model's
+    queue is full, 429 ``rate_limited`` when its tenant has too many unfinished jobs: then nothing is stored.
+
+    Returns the job as queued, or, for an ``invert`` job whose inversion an unfinished invert job already
+    makes, that job (``JobQueue.submit``: one job makes an inversion at a time; other jobs wait for it)."""
     depth = await services.queue.depth(job.model)
     if depth >= services.settings.max_queue:
         raise Problem(
@@ -83,7 +82,7 @@ async def enqueue(services: Services, job: Job) -> Job:
             headers={"Retry-After": "5"},
         )
     try:
-        return await services.queue.submit(job)
+        return await services.queue.submit(job, keep)
     except TooManyJobs as exc:
         raise Problem(429, "rate_limited", f"{exc}: wait for some to finish", headers={"Retry-After": "5"}) from None
 

@@ -15,6 +15,8 @@ from fastapi.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bdia.jobqueue.jobs import Job
+from bdia.params import EDIT_CONTROL_FIELDS, EditParams
+from bdia.prompts import check_words
 
 from ..auth import SECURITY, tenant_of
 from ..deps import ServicesDep
@@ -26,14 +28,17 @@ from ..parsing import (
     PreferHeader,
     check_guidance,
     check_prompt,
+    edit_settings,
     fingerprint,
+    given,
     inversion_spec,
     read_image,
     require_form,
     require_json,
+    served_model,
     wait_seconds,
 )
-from ..problems import responses
+from ..problems import invalid, responses
 from ..schemas import EditForm, EditIn, JobOut, ReconstructionIn
 from ..webhooks import check_webhook
 from .common import JOB_HEADERS, enqueue, submitted, usable_spec
@@ -85,12 +90,16 @@ async def create_edit(
         check_guidance(settings, "guidance_scale", edit.guidance_scale)
         webhook = check_webhook(settings, tenant, edit.webhook)
         spec = await usable_spec(services, edit.inversion_id, tenant)
+        if wrong := check_words(spec.prompt, edit.prompt, edit.blend_words, edit.reweight):
+            raise invalid("reweight" if wrong.startswith("reweight") else "blend_words", wrong)
+        settled = edit_settings(await served_model(services, spec.model), spec, edit)
         params = {
             "prompt": edit.prompt,
-            "guidance_scale": spec.guidance_scale if edit.guidance_scale is None else edit.guidance_scale,
-            "negative_prompt": spec.negative_prompt if edit.negative_prompt is None else edit.negative_prompt,
+            "guidance_scale": settled.guidance_scale,
+            "negative_prompt": settled.negative_prompt,
             "masked": False,
-            "edit_gamma": edit.edit_gamma,
+            "edit_gamma": settled.edit_gamma,
+            **settled.model_dump(include=set(EDIT_CONTROL_FIELDS), exclude_none=True, exclude_unset=True),
         }
         job = Job(
             kind="edit",
@@ -129,16 +138,17 @@ async def create_edit_upload(
     async def respond() -> Response:
         check_prompt(settings, "prompt", form.prompt)
         webhook = check_webhook(settings, tenant, form.webhook)
-        spec = inversion_spec(settings, form, form.source_prompt, image, "source_prompt", tenant)
-        await services.cache.put_blob(image.data)
-        await services.cache.put_spec(spec)
-        inputs = {"mask_sha256": await services.cache.put_blob(mask.data)} if mask else {}
+        record = await served_model(services, form.model)
+        spec = inversion_spec(settings, form, form.source_prompt, image, "source_prompt", tenant, record)
+        own = given(form, ("guidance_scale", "negative_prompt", "edit_gamma"))  # the first two serve both
+        settled = edit_settings(record, spec, EditParams(prompt=form.prompt, **own), masked=mask is not None)
+        inputs = {"mask_sha256": mask.sha256} if mask else {}
         params = {
             "prompt": form.prompt,
-            "guidance_scale": spec.guidance_scale,
-            "negative_prompt": spec.negative_prompt,
+            "guidance_scale": settled.guidance_scale,
+            "negative_prompt": settled.negative_prompt,
             "masked": mask is not None,
-            "edit_gamma": form.edit_gamma,
+            "edit_gamma": settled.edit_gamma,
         }
         job = Job(
             kind="edit",
@@ -150,7 +160,8 @@ async def create_edit_upload(
             webhook=webhook,
             webhook_events=form.webhook_events,
         )
-        return await submitted(services, await enqueue(services, job), wait_seconds(prefer, settings))
+        keep = services.cache.keep(spec, *files.values())  # stored only if the job is admitted
+        return await submitted(services, await enqueue(services, job, keep), wait_seconds(prefer, settings))
 
     return await idempotent(request, services, idempotency_key, fingerprint(form, files), respond)
 
@@ -174,6 +185,7 @@ async def create_reconstruction(
     async def respond() -> Response:
         webhook = check_webhook(services.settings, tenant, reconstruction.webhook)
         spec = await usable_spec(services, reconstruction.inversion_id, tenant)
+        await served_model(services, spec.model)  # else it would wait in the queue of a model no worker serves
         params = {
             "prompt": spec.prompt,
             "guidance_scale": spec.guidance_scale,

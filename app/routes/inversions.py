@@ -13,7 +13,16 @@ from ..auth import SECURITY, tenant_of
 from ..deps import ServicesDep
 from ..idempotency import IdempotencyKey, idempotent
 from ..limits import rate_limit
-from ..parsing import FORM_LIMITS, PreferHeader, fingerprint, inversion_spec, read_image, require_form, wait_seconds
+from ..parsing import (
+    FORM_LIMITS,
+    PreferHeader,
+    fingerprint,
+    inversion_spec,
+    read_image,
+    require_form,
+    served_model,
+    wait_seconds,
+)
 from ..problems import Problem, invalid, not_found, responses
 from ..schemas import InversionForm, InversionList, InversionOut, JobOut, no_default, to_json
 from ..webhooks import check_webhook
@@ -25,6 +34,7 @@ from .common import (
     owned_spec,
     pending_inversion,
     pending_job,
+    ready_inversion,
     submitted,
 )
 
@@ -62,7 +72,8 @@ async def create_inversion(
 
     async def respond() -> Response:
         webhook = check_webhook(settings, tenant, form.webhook)
-        spec = inversion_spec(settings, form, form.prompt, image, "prompt", tenant)
+        record = await served_model(services, form.model)
+        spec = inversion_spec(settings, form, form.prompt, image, "prompt", tenant, record)
         cached = await services.cache.get(spec.inversion_id)
         if cached is not None:
             async with services.redis.pipeline(transaction=False) as pipe:
@@ -72,10 +83,9 @@ async def create_inversion(
             return JSONResponse(to_json(cached_inversion(cached)), 200)
         wait_s = wait_seconds(prefer, settings)
         running = await pending_job(services, spec.inversion_id)
-        if running is not None:
+        if running is not None and running.kind == "invert" and not running.cancel_requested:  # join it
+            # (a fast path: enqueue joins it too, atomically)
             return await submitted(services, running, wait_s)
-        await services.cache.put_blob(image.data)
-        await services.cache.put_spec(spec)
         job = Job(
             kind="invert",
             model=spec.model,
@@ -85,8 +95,7 @@ async def create_inversion(
             webhook=webhook,
             webhook_events=form.webhook_events,
         )
-        job = await enqueue(services, job)
-        await services.cache.set_maker(spec.inversion_id, job.id)
+        job = await enqueue(services, job, services.cache.keep(spec, image.data))
         return await submitted(services, job, wait_s)
 
     return await idempotent(request, services, idempotency_key, fingerprint(form, {"image": image.data}), respond)
@@ -120,9 +129,9 @@ async def get_inversion(inversion_id: str, request: Request, services: ServicesD
     spec = await owned_spec(services, inversion_id, tenant_of(request))
     if spec is None:
         raise not_found(f"inversion {inversion_id!r}")
-    cached = await services.cache.get(inversion_id)
-    if cached is not None:
-        return JSONResponse(to_json(cached_inversion(cached)))
+    info = await services.cache.info(inversion_id)  # the entry's metadata alone, not its bytes
+    if info is not None:
+        return JSONResponse(to_json(ready_inversion(*info)))
     job = await pending_job(services, inversion_id)
     if job is not None:
         return JSONResponse(to_json(pending_inversion(spec, job.id)))
@@ -164,12 +173,16 @@ async def get_inversion_latents(inversion_id: str, request: Request, services: S
     "/{inversion_id}",
     status_code=204,
     response_class=Response,
-    responses={204: {"description": "Forgotten"}, **responses(401, 404, 503)},
+    responses={204: {"description": "Forgotten (or forgotten before)"}, **responses(401, 404, 503)},
 )
 async def delete_inversion(inversion_id: str, request: Request, services: ServicesDep) -> Response:
-    """Drop the inversion from the cache."""
-    if await owned_spec(services, inversion_id, tenant_of(request)) is None or not await services.cache.delete(
-        inversion_id
-    ):
+    """Forget the inversion: its latents, its spec and its upload (unless another inversion was made from
+    it). An invert job still making it is canceled, and no job stores it again until it is requested
+    again. Idempotent: deleting it again answers 204 too (for `BDIA_JOB_TTL_S`)."""
+    existed, maker = await services.cache.delete(inversion_id, tenant_of(request))
+    if not existed:
         raise not_found(f"inversion {inversion_id!r}")
+    job = await services.queue.get(maker) if maker else None
+    if job is not None and job.kind == "invert" and not job.done:  # its only product is what was deleted
+        await services.queue.cancel(job.id)
     return Response(status_code=204)

@@ -17,7 +17,7 @@
     models: [],
     file: null, // the upload, sent as it is
     bitmap: null, // the upload decoded (EXIF orientation applied)
-    crop: null, // the region of the upload the model sees: {x, y, w, h} in upload pixels
+    region: null, // the upload in upload pixels {x, y, w, h}: the model sees all of it, never a crop
     size: null, // the working size {width, height}
     mask: null, // the mask at the upload's size: white strokes on transparent
     running: null, // the id of the job being watched
@@ -318,15 +318,22 @@
 
   // ---------------------------------------------------------------- the image
 
-  // The region of the upload the worker keeps: cover-resize then centre-crop (bdia.imaging.fit_to_model).
-  function cropOf(width, height, w, h) {
-    if (width === w && height === h) return { x: 0, y: 0, w: width, h: height };
-    const scale = Math.max(w / width, h / height);
-    const rw = Math.max(w, Math.round(width * scale));
-    const rh = Math.max(h, Math.round(height * scale));
-    const left = Math.floor((rw - w) / 2);
-    const top = Math.floor((rh - h) / 2);
-    return { x: (left * width) / rw, y: (top * height) / rh, w: (w * width) / rw, h: (h * height) / rh };
+  // The size the worker edits an upload at (bdia.imaging.working_size): the upload's aspect ratio within
+  // the model's pixel budget, each side a multiple of its size_multiple; a square upload gets the native size.
+  function workingSize(model, width, height) {
+    const step = model.size_multiple || 1;
+    const budget = model.width * model.height;
+    const target = Math.log(width / height);
+    let best = null;
+    for (let h = step; h <= Math.floor(budget / step); h += step) {
+      const w = Math.floor(Math.floor(budget / h) / step) * step;
+      if (w < step) break;
+      const key = [Math.round(Math.abs(Math.log(w / h) - target) * 1e12) / 1e12, -w * h];
+      if (!best || key[0] < best.key[0] || (key[0] === best.key[0] && key[1] < best.key[1])) {
+        best = { key, width: w, height: h };
+      }
+    }
+    return best ? { width: best.width, height: best.height } : { width: model.width, height: model.height };
   }
 
   // The upload upright per its EXIF orientation, as the worker reads it.
@@ -367,16 +374,16 @@
     if (!state.bitmap) return;
     const model = currentModel();
     const known = model && model.width && model.height;
-    const width = known ? model.width : state.bitmap.width;
-    const height = known ? model.height : state.bitmap.height;
+    const upload = { width: state.bitmap.width, height: state.bitmap.height };
+    const { width, height } = known ? workingSize(model, upload.width, upload.height) : upload;
     state.size = { width, height };
-    state.crop = cropOf(state.bitmap.width, state.bitmap.height, width, height);
+    state.region = { x: 0, y: 0, w: upload.width, h: upload.height };
     const preview = $("preview");
     preview.width = width;
     preview.height = height;
     const ctx = preview.getContext("2d");
     ctx.imageSmoothingQuality = "high";
-    const { x, y, w, h } = state.crop;
+    const { x, y, w, h } = state.region;
     ctx.drawImage(state.bitmap, x, y, w, h, 0, 0, width, height);
     // The mask layer paints at a finer resolution than a small model's, for a smooth brush.
     const layer = $("mask-layer");
@@ -386,10 +393,10 @@
     $("stage").style.aspectRatio = `${width} / ${height}`;
     const small = Math.max(width, height) < 256;
     for (const element of document.querySelectorAll(".pixels")) element.classList.toggle("pixelated", small);
-    const upload = `${state.bitmap.width}×${state.bitmap.height}`;
+    const shown = `${upload.width}×${upload.height}`;
     $("size-note").textContent = known
-      ? `Working size ${width}×${height} (${model.name}); your ${upload} image is resized to cover it and centre-cropped.`
-      : `${upload}; the model's working size is not known yet (no worker has reported it).`;
+      ? `Working size ${width}×${height} (${model.name}); your ${shown} image is edited whole at that size and comes back at ${shown}.`
+      : `${shown}; the model's working size is not known yet (no worker has reported it).`;
     drawMaskLayer();
   }
 
@@ -402,7 +409,7 @@
     const ctx = layer.getContext("2d");
     ctx.clearRect(0, 0, layer.width, layer.height);
     if (!maskOn() || !state.mask) return;
-    const { x, y, w, h } = state.crop;
+    const { x, y, w, h } = state.region;
     ctx.globalCompositeOperation = "source-over";
     ctx.drawImage(state.mask, x, y, w, h, 0, 0, layer.width, layer.height);
     ctx.globalCompositeOperation = "source-in";
@@ -413,7 +420,7 @@
 
   function toUpload(event) {
     const rect = $("mask-layer").getBoundingClientRect();
-    const { x, y, w, h } = state.crop;
+    const { x, y, w, h } = state.region;
     return {
       x: x + ((event.clientX - rect.left) / rect.width) * w,
       y: y + ((event.clientY - rect.top) / rect.height) * h,
@@ -427,7 +434,7 @@
     const erase = document.querySelector('input[name="tool"]:checked').value === "erase";
     ctx.globalCompositeOperation = erase ? "destination-out" : "source-over";
     ctx.strokeStyle = ctx.fillStyle = "#fff";
-    const radius = (Number($("brush").value) / 100) * Math.min(state.crop.w, state.crop.h);
+    const radius = (Number($("brush").value) / 100) * Math.min(state.region.w, state.region.h);
     ctx.lineWidth = 2 * radius;
     ctx.lineCap = ctx.lineJoin = "round";
     ctx.beginPath();
@@ -494,7 +501,7 @@
     const ctx = canvas.getContext("2d");
     ctx.fillStyle = "#000";
     ctx.fillRect(0, 0, width, height);
-    const { x, y, w, h } = state.crop;
+    const { x, y, w, h } = state.region;
     ctx.drawImage(state.mask, x, y, w, h, 0, 0, width, height);
     const pixels = ctx.getImageData(0, 0, width, height).data;
     for (let i = 0; i < pixels.length; i += 4) if (pixels[i] > 0) return true;

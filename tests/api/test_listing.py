@@ -48,8 +48,10 @@ def test_jobs_newest_first_in_cursor_pages_with_filters(api, redis_client, prefi
     pages = _pages(client, "/v1/jobs", limit=2)
     assert [len(page) for page in pages] == [2, 2, 1]
     assert [job["id"] for page in pages for job in page] == newest_first
-    first = pages[0][0]
-    assert first["kind"] == "reconstruct" and first["status"] == "queued" and first["queue_position"] >= 1
+    first, second = pages[0]
+    assert first["kind"] == "reconstruct" and first["status"] == "queued"
+    assert first["queue_position"] is None  # it waits for the job making its inversion (docs/api.md#resources)
+    assert second["kind"] == "edit" and second["queue_position"] >= 1
 
     def ids(**query) -> list[str]:
         return [job["id"] for page in _pages(client, "/v1/jobs", **query) for job in page]

@@ -9,6 +9,7 @@ model cache volume is owned by the image's user; the images copy every installed
 
 from __future__ import annotations
 
+import base64
 import importlib.metadata
 import os
 import re
@@ -127,8 +128,18 @@ def test_every_setting_the_compose_file_names_is_a_real_setting() -> None:
         Settings(**fields)  # the compose file's own values and defaults are valid settings
 
 
+#: Settings whose strings have a syntax: a valid value of each, unlike any default.
+STRUCTURED = {
+    "webhook_secret": "whsec_" + base64.b64encode(b"from-dotenv-webhook-secret-32by").decode(),
+    "webhook_secrets": "tenant:whsec_" + base64.b64encode(b"from-dotenv-tenant-secret-32byt").decode(),
+    "webhook_allow_hosts": "hooks.example.internal",
+}
+
+
 def _other_value(name: str, compose_default: str | None) -> str:
     """A valid value of the setting ``name`` that is neither its default nor the compose file's."""
+    if name in STRUCTURED:
+        return STRUCTURED[name]
     field = Settings.model_fields[name]
     default = field.get_default(call_default_factory=True)
     annotation = field.annotation

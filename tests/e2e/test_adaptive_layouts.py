@@ -98,7 +98,7 @@ def _recorded(fingerprint: dict[str, str]) -> Layout:
 
 def _engine_inversion(model, png: bytes, layout: Layout, **params) -> bdia.Inversion:
     """The inversion the engine alone makes of an upload, computing in ``layout``."""
-    picture = bdia.imaging.fit_to_model(bdia.imaging.load_image(png), model.height, model.width)
+    picture = bdia.imaging.fit_to_working(model, bdia.imaging.load_image(png))  # as the worker does
     z0 = bdia.imaging.encode(model, picture)
     return invert_latent(model, z0, InversionParams.create(model=model.name, **params), layout=layout)
 

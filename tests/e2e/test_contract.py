@@ -80,14 +80,18 @@ def test_invert_then_edit_reuses_the_cache_and_reconstruction_is_exact(
     assert edit.metrics["inversion_cached"] is True and edit.metrics["nfe"] == STEPS - 1
     assert edit.params["prompt"] == "a red gradient" and edit.params["guidance_scale"] == 1.0
     png = client.result(edit.id)
-    assert Image.open(io.BytesIO(png)).size == (32, 32)
+    assert Image.open(io.BytesIO(png)).size == (48, 40) == (edit.result["width"], edit.result["height"])  # the upload's
+    assert (edit.result["working_width"], edit.result["working_height"]) == (32, 32)  # the nearest in 8 px steps
     response = http.get(f"/v1/jobs/{edit.id}/result")
     assert response.headers["content-type"] == "image/png"
 
     reconstruction = client.wait(client.reconstruct(submitted.inversion_id))
     result = reconstruction.result
     assert result["latent_max_abs_error"] == 0.0 and result["fingerprint_match"] and result["exact"]
-    assert isinstance(result["psnr"], float)
+    # Exact: the upload itself comes back (PSNR null: identical); the VAE's own error shows at the working size.
+    assert result["psnr"] is None and isinstance(result["working_psnr"], float)
+    returned = Image.open(io.BytesIO(client.result(reconstruction.id))).convert("RGB")
+    assert returned.tobytes() == Image.open(io.BytesIO(image)).convert("RGB").tobytes()
     assert reconstruction.metrics["nfe"] == STEPS - 1
 
     assert http.delete(f"/v1/inversions/{submitted.inversion_id}").status_code == 204

@@ -16,7 +16,16 @@ import httpx
 import pytest
 import redis
 from redis.asyncio import Redis
-from support import Deployment, assert_problem, delete_prefix, free_port, make_png, start_deployment
+from support import (
+    Deployment,
+    announce_models,
+    assert_problem,
+    delete_prefix,
+    free_port,
+    make_png,
+    model_record,
+    start_deployment,
+)
 
 from bdia.client import BdiaClient
 from bdia.jobqueue.cache import InversionCache, InversionSpec, sha256
@@ -143,9 +152,12 @@ def test_redis_restarted_with_aof_keeps_queued_jobs_and_workers_reconnect(tmp_pa
                     break
             except httpx.TransportError:
                 time.sleep(0.1)
+        # A worker of the model was here a moment ago (its registry record outlives it by BDIA_MODEL_TTL_S),
+        # so the API queues its jobs rather than refusing them with 503 model_unavailable.
+        announce_models(Settings(redis_url=server.url, key_prefix="bdia-aof"), [model_record("tiny-random")])
         with BdiaClient(deployment.url, timeout=10) as client:
             queued = [client.invert(make_png(seed), "a gradient", steps=8).job.id for seed in range(3)]
-            server.kill()  # between enqueue and pickup: no worker has started yet
+            server.kill()  # between enqueue and pickup: no worker is running
             for method, path in [("GET", f"/v1/jobs/{queued[0]}"), ("GET", "/readyz"), ("POST", "/v1/inversions")]:
                 started = time.monotonic()
                 response = client.http.request(

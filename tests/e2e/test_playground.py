@@ -134,11 +134,11 @@ def severe_console_messages(driver: Any) -> list[str]:
     ]
 
 
-def load_image(driver: Any, path: Path, model_size: tuple[int, int]) -> None:
+def load_image(driver: Any, path: Path, working_size: tuple[int, int]) -> None:
     driver.find_element("id", "image").send_keys(str(path))
     wait_for(lambda: visible(driver, "stage-box"), "the image preview")
     size = driver.execute_script("const c = document.getElementById('preview'); return [c.width, c.height]")
-    assert tuple(size) == model_size  # shown at the model's working size
+    assert tuple(size) == working_size  # shown at the size the worker edits it at
     assert "Working size" in driver.find_element("id", "size-note").text
 
 
@@ -166,14 +166,16 @@ def wait_for_image(driver: Any, element_id: str) -> str:
 
 @needs_browser
 def test_edit_with_a_mask_then_reconstruct(
-    browser: Any, deployment: Deployment, http: httpx.Client, tmp_path: Path
+    browser: Any, deployment: Deployment, http: httpx.Client, tmp_path: Path, tiny_model: Any
 ) -> None:
     from selenium.webdriver.common.action_chains import ActionChains
 
-    (model,) = http.get("/v1/models").json()["models"]
-    size = (model["width"], model["height"])
+    from bdia import imaging
+
+    upload_size = (64, 48)  # not the model's shape: the page previews the working size the worker uses
+    size = imaging.working_size(tiny_model, upload_size)
     upload = tmp_path / "upload.png"
-    upload.write_bytes(make_png(5, (64, 48)))  # not the model's size: the page shows the crop the worker makes
+    upload.write_bytes(make_png(5, upload_size))
 
     browser.get(f"{deployment.url}/")
     wait_for(lambda: browser.execute_script("return document.getElementById('model').options.length"), "the models")
@@ -200,7 +202,7 @@ def test_edit_with_a_mask_then_reconstruct(
     assert job["params"]["prompt"] == EDIT_PROMPT and job["params"]["masked"] is True
     shown = image_pixels(browser, "out-edit")
     served = np.asarray(Image.open(io.BytesIO(http.get(f"/v1/jobs/{job_id}/result").content)).convert("RGB"))
-    assert shown.shape == (size[1], size[0], 3)  # the model's size
+    assert shown.shape == (upload_size[1], upload_size[0], 3)  # the upload's own size comes back
     assert np.array_equal(shown, served) and shown.std() > 0  # the very result, not a blank image
     assert browser.find_element("id", "download").get_attribute("href").startswith("blob:")
     assert job_id in browser.find_element("id", "edit-facts").text

@@ -143,7 +143,7 @@ def test_edit_reports_the_error_vs_source_only_for_a_reconstruction(tmp_path, te
 
 
 def test_masks_are_checked_against_the_inverted_images_aspect_ratio(tmp_path, test_image, capsys):
-    """`bdia invert` records the source's size: a mask of its aspect ratio (or the model's) passes, another not."""
+    """The inversion holds its source: a mask of its aspect ratio (or the working size's) passes, another not."""
     from PIL import Image
 
     image = tmp_path / "in.png"
@@ -151,14 +151,15 @@ def test_masks_are_checked_against_the_inverted_images_aspect_ratio(tmp_path, te
     inv = tmp_path / "inv.safetensors"
     assert main(["invert", str(image), *TINY, "--steps", "6", "--output", str(inv)]) == 0
     edit = ["edit", str(inv), "--device", "cpu", "--no-progress", "--prompt", "x", "--output", str(tmp_path / "o.png")]
-    for size in ((64, 48), (32, 24), (16, 16)):  # the source's ratio, at any size; or the model's
+    for size in ((64, 48), (32, 24), (40, 24)):  # the source's ratio, at any size; or the working size (40×24)
         Image.new("L", size, 255).save(tmp_path / "m.png")
         assert main([*edit, "--mask", str(tmp_path / "m.png")]) == 0, capsys.readouterr().err
-    Image.new("L", (64, 16), 255).save(tmp_path / "m.png")
-    capsys.readouterr()
-    assert main([*edit, "--mask", str(tmp_path / "m.png")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "64×16" in err and "64×48" in err and "aspect ratio" in err
+    for size in ((64, 16), (16, 16)):  # the model's square is no longer the image's shape: nothing is cropped
+        Image.new("L", size, 255).save(tmp_path / "m.png")
+        capsys.readouterr()
+        assert main([*edit, "--mask", str(tmp_path / "m.png")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"{size[0]}×{size[1]}" in err and "64×48" in err and "aspect" in err
 
 
 def _bdia(*argv: str, prelude: str = "", **kwargs) -> subprocess.CompletedProcess:

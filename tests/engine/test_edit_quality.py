@@ -63,17 +63,20 @@ def test_table_has_every_method(bench, report):
 
 
 def test_exact_reconstruction_is_bit_exact(report):
-    exact = report["methods"]["BDIA exact"]
+    exact = report["methods"]["BDIA exact (plain)"]  # the first row of the exact inversion
     assert exact["latent_error"] == 0.0
     assert exact["recon_psnr"] == math.inf
     assert report["methods"]["DDIM inversion"]["latent_error"] > 0  # the inexact baseline really is inexact
 
 
-def test_masked_edit_keeps_the_outside(report):
-    masked = report["methods"]["BDIA exact + mask"]
-    assert masked["outside_mask_identical"] is True
-    assert masked["background_psnr"] == math.inf
-    assert masked["nfe"] == report["methods"]["BDIA exact"]["nfe"]
+def test_blended_edits_keep_the_outside_bit_for_bit(bench, report):
+    for name in ("mask oracle", bench.DEFAULT_ROW, "control none", "mask noise"):
+        row = report["methods"][name]
+        assert row["masked"] == 1.0 and row["identical"] == 1.0, name
+    oracle = report["methods"]["mask oracle"]
+    assert oracle["background_identical"] == 1.0 and oracle["leakage"] == 0.0
+    assert report["methods"]["mask none"]["masked"] == 0.0 and math.isnan(report["methods"]["mask none"]["identical"])
+    assert oracle["nfe"] == report["methods"]["BDIA exact (plain)"]["nfe"]
 
 
 def test_a_chunk_shares_each_network_call_and_matches_the_engine_alone(bench, monkeypatch):

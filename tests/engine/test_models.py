@@ -20,6 +20,7 @@ from bdia.models import (
     tiny_random_pipeline,
 )
 from bdia.numerics import configure_determinism, fingerprint, fingerprint_id
+from bdia.params import ModelDefaults
 
 PARTS = ("unet", "text_encoder", "vae")
 
@@ -72,6 +73,7 @@ def test_tiny_random_shape_and_info(model):
     info = json.loads(json.dumps(model.info()))
     assert info == {
         "name": "tiny-random",
+        "family": "tiny-random",
         "height": 32,
         "width": 32,
         "latent_shape": [4, 8, 8],
@@ -79,6 +81,11 @@ def test_tiny_random_shape_and_info(model):
         "dtype": "float32",
         "device": "cpu",
         "pixel_space": False,
+        "latent_factor": 4,
+        "size_multiple": 8,
+        "num_train_timesteps": 1000,
+        "max_steps": 999,
+        "defaults": ModelDefaults().model_dump(mode="json"),  # no folder, no bdia_defaults.json: built in
     }
     assert load_model("tiny-random", device="cpu") is model  # named models are cached
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -187,3 +188,83 @@ def test_micro_training_run_writes_a_diffusers_folder(tmp_path):
     )
     for part in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
         assert (out / part).read_bytes() == (again / part).read_bytes()
+
+    tuned = tmp_path / "tuned"  # a fine-tune of the saved model for v-prediction with trailing spacing
+    common = ["--steps", "2", "--batch", "4", "--device", "cpu", "--threads", "1", "--check-samples", "0"]
+    main(
+        ["--out", str(tuned), "--init", str(out), "--prediction-type", "v_prediction", "--spacing", "trailing", *common]
+    )
+    scheduler = DDIMScheduler.from_pretrained(tuned, subfolder="scheduler")
+    assert scheduler.config.prediction_type == "v_prediction" and scheduler.config.timestep_spacing == "trailing"
+    assert scheduler.config.beta_schedule == "squaredcos_cap_v2"
+    assert UNet2DConditionModel.load_config(tuned, subfolder="unet")["block_out_channels"] == list(
+        unet.config.block_out_channels
+    )
+    part = "unet/diffusion_pytorch_model.safetensors"
+    assert (tuned / part).read_bytes() != (out / part).read_bytes()
+
+
+def test_short_captions_drop_the_background_phrase_only():
+    pytest.importorskip("torch")
+    from shapes.train import SceneBatches, short_caption
+
+    plain = SceneBatches(0, 32, 32, 0.0, 77, 4)
+    mixed = SceneBatches(0, 32, 32, 0.0, 77, 4, short=0.5)
+    scenes, captions = plain.scenes(1)
+    same, mixed_captions = mixed.scenes(1)
+    assert same == scenes and captions == [s.caption for s in scenes]  # the images do not depend on the mix
+    assert all(c in (s.caption, short_caption(s)) for s, c in zip(scenes, mixed_captions, strict=True))
+    assert 0 < sum("background" not in c for c in mixed_captions) < len(scenes)
+    assert short_caption(Scene((Shape("circle", "red", (0.5, 0.5), 0.15),), "white")) == "a red circle"
+
+
+SHAPES_MODEL = Path(__file__).parents[2] / "bdia" / "assets" / "shapes"
+SAMPLE_QUALITY = Path(__file__).parents[2] / "benchmarks" / "sample_quality.py"
+
+
+def test_the_bundled_model_samples_from_the_top_level_it_handles():
+    """Its scheduler is the training schedule cut after ``SAMPLE_TOP``: every step count starts there (the
+    first bundled scheduler started at 1000 − 1000/N, 981 at 50 steps, where samples turned to noise)."""
+    torch = pytest.importorskip("torch")
+    from diffusers import DDIMScheduler
+
+    from shapes.train import SAMPLE_TOP, scheduler_config
+
+    bundled = DDIMScheduler.from_pretrained(SHAPES_MODEL, subfolder="scheduler")
+    training = DDIMScheduler(**scheduler_config())
+    assert torch.equal(bundled.alphas_cumprod, training.alphas_cumprod[: SAMPLE_TOP + 1])  # as trained, bit for bit
+    assert bundled.final_alpha_cumprod == training.final_alpha_cumprod
+    for steps in (10, 20, 50, 100):
+        bundled.set_timesteps(steps)
+        assert int(bundled.timesteps.max()) == SAMPLE_TOP and len(set(bundled.timesteps.tolist())) == steps
+
+
+def test_the_bundled_defaults_draw_their_prompts():
+    """At the model folder's sampling defaults the classifier finds every prompt's objects in (nearly) every
+    sample, captions and prompts naming the shapes only; the old CLI defaults (50 steps, guidance 7.5, γ = 1)
+    drew almost none."""
+    pytest.importorskip("torch")
+    import importlib.util
+    import sys
+
+    import bdia
+    from bdia.params import DEFAULTS_FILE, ModelDefaults
+
+    model = bdia.load_model("shapes", device="cpu")
+    defaults = ModelDefaults.read(SHAPES_MODEL / DEFAULTS_FILE, model.num_train_timesteps)
+    spec = importlib.util.spec_from_file_location("sample_quality", SAMPLE_QUALITY)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # dataclasses look their module up
+    try:
+        spec.loader.exec_module(bench)
+        scenes = bench.prompt_scenes(8)
+        prompts = [s.caption if i % 2 else bench.short_caption(s) for i, s in enumerate(scenes)]
+        sample = defaults.sample
+        images = bench.sample_images(model, prompts, range(8), sample.steps, sample.guidance_scale, sample.gamma)
+        verdicts = [
+            bench.judge(img, s, "caption" if i % 2 else "short")
+            for i, (img, s) in enumerate(zip(images, scenes, strict=True))
+        ]
+    finally:
+        del sys.modules[spec.name]
+    assert sum(v["ok"] for v in verdicts) >= 7, verdicts

@@ -1,0 +1,280 @@
+"""Controlled edits: an exact source branch, a target branch, attention control and an automatic mask.
+
+See docs/editing.md. The source branch of an edit of a BDIA inversion is the inversion's own
+trajectory (the lattice states of levels 0…K, stored, exact, free); one network row per step under
+the source prompt runs on it only to give the target its attention (``bdia.attention``). The target
+branch regenerates from the inverted pair under the edit prompt with its own γ and guidance. After
+every step the target's state is kept equal to the source's outside the edit mask, so outside the
+final mask the result is the source, bit for bit. The mask comes from the cross-attention maps of
+the words that change and of their phrases' nouns, or from the difference of the two branches'
+noise predictions where attention does not localise (DiffEdit).
+
+A DDIM inversion has no stored trajectory: its source branch is a DDIM regeneration under the source
+prompt beside the target (Prompt-to-Prompt on DDIM inversion, the inexact baseline).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .attention import AttentionControl
+from .errors import InvalidParameter
+from .grid import LevelGrid
+from .params import EditParams, InversionParams, check_gamma
+from .prompts import align, blend_words, find_words, tokens_of
+from .sampling import FixedPoint, FloatLattice, Lattice, Walk, bdia_sample, ddim_sample, lattice_for
+
+Tensor = torch.Tensor
+
+#: The edit γ of a controlled BDIA edit when the request names none (measured: docs/benchmarks.md).
+CONTROLLED_GAMMA = 0.5
+#: Calls whose noise difference makes the DiffEdit mask (its first steps, as DiffEdit's early timesteps).
+NOISE_CALLS = 0.3
+#: An attention mask covering more than this share of the image does not localise: ``auto`` uses noise.
+LOCALISED = 0.5
+#: The least share of the steps that runs the source row when a mask is made from it (its capture window).
+MASK_WINDOW = 0.5
+
+
+def target_lattice(
+    params: InversionParams, gamma: float, hi: Tensor, lo: Tensor, trajectory: Tensor | list[Tensor] | None
+) -> tuple[Lattice, Tensor, Tensor, Tensor | list[Tensor] | None]:
+    """The lattice a regeneration with BDIA γ ``gamma`` runs on, and the pair and trajectory on it.
+
+    γ < 1 cannot stay on the integer lattice: a fixed-point inversion is then decoded to float64 (exactly).
+    """
+    lattice = lattice_for(params.state)
+    if gamma != params.gamma:
+        if params.method != "bdia":
+            raise InvalidParameter("a regeneration's own gamma applies to BDIA inversions only")
+        check_gamma(gamma, params.levels, inverting=False)
+        if isinstance(lattice, FixedPoint):
+            decode, lattice = lattice.decode, FloatLattice(torch.float64)
+            hi, lo = decode(hi), decode(lo)
+            trajectory = None if trajectory is None else [decode(t) for t in trajectory]
+    return lattice, hi, lo, trajectory
+
+
+def dilate(mask: Tensor, pixels: int = 1) -> Tensor:
+    """Grow a boolean [1, 1, h, w] mask by ``pixels`` (a max-pool)."""
+    if pixels <= 0:
+        return mask
+    k = 2 * pixels + 1
+    return F.max_pool2d(mask.float(), k, stride=1, padding=pixels) > 0
+
+
+@dataclass
+class Blender:
+    """Chooses the edit mask after every step and keeps the target on the source outside it."""
+
+    control: AttentionControl | None
+    mode: str  # auto, attention, noise, none, or fixed (a given mask)
+    threshold: float
+    source_state: Callable[[int], Tensor]
+    fixed: Tensor | None = None
+    noise_calls: int = 1
+    noise: Tensor | None = None
+    seen: int = 0
+    mask: Tensor | None = None  # the mask of the latest blend
+    source: str = field(default="none")  # what the latest mask came from
+
+    def observe(self, eps: Tensor) -> None:
+        """Accumulate |ε_target − ε_source| (the conditional rows) over the first calls."""
+        self.seen += 1
+        if self.mode in ("auto", "noise") and self.seen <= self.noise_calls:
+            diff = (eps[2:3] - eps[3:4]).abs().mean(1, keepdim=True).float()
+            self.noise = diff if self.noise is None else self.noise + diff
+
+    def current(self) -> Tensor | None:
+        if self.mode == "fixed":
+            self.source = "given"
+            return self.fixed
+        if self.mode == "none":
+            return None
+        if self.mode in ("auto", "attention") and self.control is not None:
+            m = self.control.attention_map()
+            if m is not None:
+                mask = dilate(m > self.threshold)
+                if self.mode == "attention" or float(mask.float().mean()) <= LOCALISED:
+                    self.source = "attention"
+                    return mask
+        if self.noise is not None:
+            n = F.avg_pool2d(self.noise, 3, stride=1, padding=1, count_include_pad=False)
+            self.source = "noise"
+            return dilate(n / n.amax().clamp_min(1e-12) > 0.5)
+        return None
+
+    def guide(self, level: int, state: Tensor) -> Tensor:
+        mask = self.current()
+        if mask is None:
+            return state
+        self.mask = mask.to(state.device)
+        return torch.where(self.mask, state, self.source_state(level).to(state.device).reshape(state.shape))
+
+
+class TrajectorySource:
+    """The exact source branch: the inversion's stored lattice states."""
+
+    def __init__(self, trajectory: Tensor | list[Tensor], decode: Callable[[Tensor], Tensor]) -> None:
+        self.trajectory, self.decode = trajectory, decode
+
+    def network_state(self, level: int) -> Tensor:
+        return self.decode(self.trajectory[level])
+
+    def state(self, level: int) -> Tensor:
+        return self.trajectory[level]
+
+    def advance(self, eps: Tensor) -> None:
+        pass
+
+
+class WalkSource:
+    """A regenerated source branch (DDIM inversions): a walk under the source prompt, beside the target."""
+
+    def __init__(self, walk: Walk[Tensor]) -> None:
+        self.walk = walk
+        self.z, self.level = next(walk)
+        self.states = {self.level: self.z}
+
+    def network_state(self, level: int) -> Tensor:
+        return self.z
+
+    def state(self, level: int) -> Tensor:
+        return self.states[level]
+
+    def advance(self, eps: Tensor) -> None:
+        try:
+            self.z, self.level = self.walk.send(eps)
+        except StopIteration as done:
+            self.z, self.level = done.value, 0
+        self.states[self.level] = self.z
+
+
+def controlled_walk(
+    target: Walk[Tensor], source: TrajectorySource | WalkSource, control: AttentionControl, blender: Blender
+) -> Walk[Tensor]:
+    """The target walk with the source row beside it: yields [target z, source z], receives
+    [ε̂ target, ε̂ source, raw target cond, raw source cond] (``bdia.batching``), returns the target's z0.
+
+    An exact source branch is needed only within the control's ``window`` (injection and the mask's
+    capture); after it the walk yields the target's row alone and receives its ε̂ (the mask is settled).
+    A regenerated source branch runs to the end."""
+    request = next(target)
+    try:
+        while True:
+            z, level = request
+            if isinstance(source, WalkSource) or control.step < control.window * control.steps:
+                out = yield torch.cat([z, source.network_state(level).to(z).reshape(z.shape)]), level
+                blender.observe(out)
+                source.advance(out[1:2])
+                out = out[:1]
+            else:  # past the window: the mask is settled, the target runs alone
+                out = yield z, level
+            control.step += 1
+            request = target.send(out)
+    except StopIteration as done:
+        return done.value
+
+
+@dataclass
+class EditPlan:
+    """What ``edit_walk`` needs besides the states: the control, the blender and the source conditioning."""
+
+    control: AttentionControl
+    blender: Blender
+    walk: Walk[Tensor]
+    source_rows: str  # "cond" or "guided": which source rows the network computes
+    gamma: float  # the target's BDIA γ
+
+
+def _words_tokens(tokenizer, alignment, chosen: list[str], *, target_only: bool = False) -> tuple[list[int], list[int]]:
+    """Token positions (source, target) of the words ``chosen`` names, in either prompt."""
+    src, tgt = [], []
+    for word in chosen:
+        s = [] if target_only else find_words(alignment.source_words, word)
+        t = find_words(alignment.target_words, word)
+        if not s and not t:
+            where = "the edit prompt" if target_only else "the source or the edit prompt"
+            raise InvalidParameter(f"the word {word!r} is not in {where}")
+        src += tokens_of(alignment.source_spans, s)
+        tgt += tokens_of(alignment.target_spans, t)
+    return sorted(set(src)), sorted(set(tgt))
+
+
+def edit_walk(
+    tokenizer,
+    grid: LevelGrid,
+    params: InversionParams,
+    edit: EditParams,
+    source_prompt: str,
+    target_prompt: str,
+    hi: Tensor,
+    lo: Tensor,
+    trajectory: Tensor | list[Tensor] | None,
+    latent_size: tuple[int, int],
+    *,
+    gamma: float,
+    mask: Tensor | None = None,
+) -> EditPlan:
+    """The controlled edit of an inversion's pair (``hi``, ``lo``) from ``source_prompt`` to ``target_prompt``."""
+    levels = params.levels
+    alignment = align(tokenizer, source_prompt, target_prompt)
+    if edit.blend_words:
+        source_tokens, target_tokens = _words_tokens(tokenizer, alignment, list(edit.blend_words))
+    else:
+        source_tokens = tokens_of(alignment.source_spans, blend_words(alignment.source_words, alignment.source_changed))
+        target_tokens = tokens_of(alignment.target_spans, blend_words(alignment.target_words, alignment.target_changed))
+    reweight: dict[int, float] = {}
+    for word, factor in (edit.reweight or {}).items():
+        for t in _words_tokens(tokenizer, alignment, [word], target_only=True)[1]:
+            reweight[t] = float(factor)
+    control_mode = edit.control
+    steps = levels - 1 if params.method == "bdia" else levels
+    control = AttentionControl(
+        mapper=alignment.mapper,
+        alphas=alignment.alphas,
+        steps=max(steps, 1),
+        latent_size=latent_size,
+        cross=edit.cross_fraction if control_mode != "none" else 0.0,
+        self_fraction=edit.self_fraction if control_mode == "cross+self" else 0.0,
+        reweight=reweight,
+        source_tokens=source_tokens,
+        target_tokens=target_tokens,
+    )
+    mode = "fixed" if mask is not None else edit.mask_mode
+    capture = mode in ("auto", "attention", "noise")
+    control.window = max(control.cross, control.self_fraction, MASK_WINDOW if capture else 0.0)
+    if mode == "noise":
+        control.source_tokens, control.target_tokens = [], []
+    if params.method == "bdia":
+        lattice, hi, lo, trajectory = target_lattice(params, gamma, hi, lo, trajectory)
+        if trajectory is None:
+            raise InvalidParameter("a controlled edit needs an inversion that kept its trajectory")
+        source: TrajectorySource | WalkSource = TrajectorySource(trajectory, lattice.decode)
+        rows = "cond"
+    elif params.method == "ddim":
+        source = WalkSource(ddim_sample(grid, hi.clone(), start=levels))
+        rows = "guided"
+    else:
+        raise InvalidParameter("controlled edits need a BDIA or DDIM inversion (use control none for EDICT)")
+    blender = Blender(
+        control, mode, edit.mask_threshold, source.state, fixed=mask, noise_calls=max(1, round(NOISE_CALLS * steps))
+    )
+    if params.method == "bdia":
+        inner = bdia_sample(grid, hi, lo, start=levels, gamma=gamma, lattice=lattice, guide=blender.guide)
+        target = _decoded(inner, lattice)
+    else:
+        target = ddim_sample(grid, hi, start=levels, guide=blender.guide)
+    return EditPlan(control, blender, controlled_walk(target, source, control, blender), rows, gamma)
+
+
+def _decoded(walk, lattice: Lattice) -> Walk[Tensor]:
+    pair = yield from walk
+    return lattice.decode(pair.lo)
+
+
+__all__ = ["CONTROLLED_GAMMA", "Blender", "EditPlan", "controlled_walk", "dilate", "edit_walk", "target_lattice"]
