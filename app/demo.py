@@ -113,9 +113,17 @@ def _drive(
     for name, job in (("edit-1.png", first), ("edit-2.png", second), ("reconstruction.png", reconstruction)):
         (out / name).write_bytes(client.result(job.id))
     (out / "inversion.safetensors").write_bytes(client.latents(inversion_id))
+    masks = []
+    for index, job in enumerate((first, second), start=1):
+        fraction = (job.result or {}).get("mask_fraction")
+        if fraction is not None:  # the edit's mask: outside it every pixel is the upload's own
+            (out / f"edit-{index}-mask.png").write_bytes(client.mask(job.id))
+            masks.append(f"edit {index} changed {fraction:.0%} of the image (edit-{index}-mask.png)")
     result = reconstruction.result
     inversion = client.inversion(inversion_id)
     print(f"\nedits: {edits[0]!r} and {edits[1]!r}")
+    for line in masks:
+        print(f"{line}; every pixel outside its mask is the upload's own")
     print(f"cached edit took {timings['edit 2 (cached)'] / timings['edit 1 (uploads)']:.2f}× the uncached one")
     print(f"inversion {inversion_id}: latent std {inversion.latent_std:.3f}, fingerprint {inversion.fingerprint_id}")
     psnr = result.get("psnr")  # null when the pixels are identical (JSON has no infinity)

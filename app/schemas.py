@@ -14,7 +14,7 @@ from fastapi import UploadFile
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 from bdia.jobqueue.jobs import WebhookEvent
-from bdia.params import EditParams, SamplingParams
+from bdia.params import EditControl, EditMask, EditParams, SamplingParams
 from bdia.wire import (
     ErrorOut,
     InversionList,
@@ -80,6 +80,11 @@ def _names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",")]
 
 
+def _described(name: str) -> str:
+    """The description ``bdia.params.EditParams`` gives the field ``name`` (default: the model's)."""
+    return (EditParams.model_fields[name].description or name) + " (default: the model's edit default)"
+
+
 class WebhookFields(BaseModel):
     """Where a job's events go, and which."""
 
@@ -121,6 +126,12 @@ class EditFormIn(WebhookFields, InversionParamsIn):
     source_prompt: str = Field("", description="what the image shows (the inversion's prompt)")
     prompt: str = Field(description="the edit prompt")
     edit_gamma: float | None = optional(EditParams.model_fields["edit_gamma"].description or "", ge=0, le=1)
+    control: EditControl | None = optional(_described("control"))
+    cross_fraction: float | None = optional(_described("cross_fraction"), ge=0, le=1)
+    self_fraction: float | None = optional(_described("self_fraction"), ge=0, le=1)
+    blend_words: list[str] | None = optional(_described("blend_words") + " (form: repeat the field)")
+    mask_mode: EditMask | None = optional(_described("mask_mode") + "; with a `mask` file, the file decides")
+    mask_threshold: float | None = optional(_described("mask_threshold"), gt=0, lt=1)
 
 
 class EditForm(EditFormIn):

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from bdia.errors import InvalidParameter
 from bdia.jobqueue.jobs import Job
 from bdia.params import EDIT_CONTROL_FIELDS, EditParams
 from bdia.prompts import check_words
@@ -115,6 +116,10 @@ async def create_edit(
     return await idempotent(request, services, idempotency_key, fingerprint(edit), respond)
 
 
+FORM_CONTROL_FIELDS = tuple(name for name in EDIT_CONTROL_FIELDS if name != "reweight")
+"""The control fields a form takes (``reweight``, a word → factor map, only in ``POST /v1/edits``'s JSON)."""
+
+
 @router.post(
     "/edits/upload",
     status_code=202,
@@ -140,8 +145,14 @@ async def create_edit_upload(
         webhook = check_webhook(settings, tenant, form.webhook)
         record = await served_model(services, form.model)
         spec = inversion_spec(settings, form, form.source_prompt, image, "source_prompt", tenant, record)
-        own = given(form, ("guidance_scale", "negative_prompt", "edit_gamma"))  # the first two serve both
-        settled = edit_settings(record, spec, EditParams(prompt=form.prompt, **own), masked=mask is not None)
+        if wrong := check_words(spec.prompt, form.prompt, form.blend_words, None):
+            raise invalid("blend_words", wrong)
+        fields = ("guidance_scale", "negative_prompt", "edit_gamma", *FORM_CONTROL_FIELDS)  # the first two serve both
+        try:
+            edit = EditParams.create(prompt=form.prompt, **given(form, fields))
+        except InvalidParameter as exc:
+            raise invalid("parameters", str(exc)) from None
+        settled = edit_settings(record, spec, edit, masked=mask is not None)
         inputs = {"mask_sha256": mask.sha256} if mask else {}
         params = {
             "prompt": form.prompt,
@@ -149,6 +160,7 @@ async def create_edit_upload(
             "negative_prompt": settled.negative_prompt,
             "masked": mask is not None,
             "edit_gamma": settled.edit_gamma,
+            **settled.model_dump(include=set(EDIT_CONTROL_FIELDS), exclude_none=True, exclude_unset=True),
         }
         job = Job(
             kind="edit",

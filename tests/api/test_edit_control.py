@@ -49,3 +49,26 @@ def test_given_control_values_reach_the_job(api, prefix: str, redis_client: redi
     raw = redis_client.hget(Keys(prefix).job(job.json()["id"]), "params")
     params = json.loads(raw)
     assert params["control"] == "cross+self" and params["blend_words"] == ["red"]
+
+
+def test_the_upload_form_takes_the_control_fields(api, prefix: str, redis_client: redis.Redis) -> None:
+    client = api()
+    files = {"image": ("a.png", make_png(1, (64, 48)), "image/png")}
+    form = {"steps": "4", "source_prompt": "a red circle", "prompt": "a blue circle"}
+    queued = redis_client.xlen(Keys(prefix).queue("tiny-random"))
+    for extra, field in [({"cross_fraction": "1.5"}, "cross_fraction"), ({"mask_mode": "magic"}, "mask_mode")]:
+        body = assert_problem(
+            client.post("/v1/edits/upload", files=files, data={**form, **extra}), 422, "invalid_parameter"
+        )
+        assert body["errors"][0]["loc"][:2] == ["body", field]
+    body = assert_problem(
+        client.post("/v1/edits/upload", files=files, data={**form, "blend_words": "star"}), 422, "invalid_parameter"
+    )
+    assert body["errors"][0]["loc"] == ["body", "blend_words"]
+    assert redis_client.xlen(Keys(prefix).queue("tiny-random")) == queued
+    given = {"control": "none", "mask_mode": "noise", "cross_fraction": "0.5", "blend_words": ["red", "circle"]}
+    job = client.post("/v1/edits/upload", files=files, data={**form, **given})
+    assert job.status_code == 202, job.text
+    params = json.loads(redis_client.hget(Keys(prefix).job(job.json()["id"]), "params"))
+    assert params["control"] == "none" and params["mask_mode"] == "noise" and params["cross_fraction"] == 0.5
+    assert params["blend_words"] == ["red", "circle"]

@@ -34,6 +34,8 @@ def test_demo_end_to_end(tmp_path: Path, redis_client) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "latent max abs error 0 (bit-exact" in done.stdout and "answered from the cache: True" in done.stdout
     assert "model shapes" in done.stdout and "pixels identical to the upload" in done.stdout
-    for name in ("source.png", "edit-1.png", "edit-2.png", "reconstruction.png", "inversion.safetensors"):
+    assert "edit 1 changed" in done.stdout and "every pixel outside its mask is the upload's own" in done.stdout
+    names = ("edit-1-mask.png", "edit-2-mask.png")
+    for name in ("source.png", "edit-1.png", "edit-2.png", "reconstruction.png", "inversion.safetensors", *names):
         assert (tmp_path / name).stat().st_size > 0
     assert not list(redis_client.scan_iter(match="bdia-demo-*"))  # it cleaned up after itself
