@@ -248,24 +248,10 @@ def tiny_sdxl_pipeline(prediction_type: str = "epsilon", seed: int = 0, *, force
     Its scheduler is an EulerDiscreteScheduler config like SDXL's own (the engine reads it into DDIM).
     The global RNG is left untouched.
     """
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 
-    from .tokenizer import VOCAB_SIZE, byte_level_tokenizer
-
-    def text_config() -> CLIPTextConfig:
-        return CLIPTextConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_attention_heads=4,
-            num_hidden_layers=3,
-            projection_dim=32,
-            vocab_size=VOCAB_SIZE,
-            max_position_embeddings=77,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-        )
+    from .tiny import tiny_clip, tiny_vae
+    from .tokenizer import byte_level_tokenizer
 
     with torch.random.fork_rng(devices=[]), torch.device("cpu"):
         torch.manual_seed(seed)
@@ -286,21 +272,9 @@ def tiny_sdxl_pipeline(prediction_type: str = "epsilon", seed: int = 0, *, force
             cross_attention_dim=64,  # the two encoders' 32 + 32
             norm_num_groups=8,
         )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 3,
-            up_block_types=("UpDecoderBlock2D",) * 3,
-            block_out_channels=(16, 32, 32),
-            layers_per_block=1,
-            latent_channels=4,
-            norm_num_groups=8,
-            sample_size=32,
-            scaling_factor=0.13025,
-            force_upcast=True,
-        )
-        text_encoder = CLIPTextModel(text_config())
-        text_encoder_2 = CLIPTextModelWithProjection(text_config())
+        vae = tiny_vae(scaling_factor=0.13025, force_upcast=True)
+        text_encoder = tiny_clip(3, projection_dim=32)
+        text_encoder_2 = tiny_clip(3, projection_dim=32, with_projection=True)
     scheduler = EulerDiscreteScheduler.from_config(
         {
             "num_train_timesteps": 1000,

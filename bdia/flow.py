@@ -24,6 +24,7 @@ import torch
 from .errors import InvalidParameter, UnknownModel
 from .grid import LevelGrid
 from .params import EditParams, ModelDefaults, SampleDefaults
+from .tiny import tiny_clip, tiny_vae
 
 if TYPE_CHECKING:
     from .families import PromptRows
@@ -510,44 +511,8 @@ def _tiny_t5(d_model: int) -> Any:
     return T5EncoderModel(config)
 
 
-def _tiny_clip(with_projection: bool) -> Any:
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    from .tokenizer import VOCAB_SIZE
-
-    config = CLIPTextConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_attention_heads=4,
-        num_hidden_layers=3,
-        projection_dim=32,
-        vocab_size=VOCAB_SIZE,
-        max_position_embeddings=77,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=1,
-    )
-    return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config)
-
-
-def _tiny_vae() -> Any:
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(16, 32, 32),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=32,
-        scaling_factor=1.5035,
-        shift_factor=0.0609,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    )
+FLOW_VAE = {"scaling_factor": 1.5035, "shift_factor": 0.0609, "use_quant_conv": False, "use_post_quant_conv": False}
+"""The tiny SD 3 / Flux VAE's own settings (``bdia.tiny.tiny_vae``), as their diffusers test components have."""
 
 
 def tiny_sd3_pipeline(seed: int = 0, *, t5: bool = True) -> Any:
@@ -574,8 +539,9 @@ def tiny_sd3_pipeline(seed: int = 0, *, t5: bool = True) -> Any:
             pooled_projection_dim=64,  # the two CLIPs' projections, 32 + 32
             pos_embed_max_size=16,
         )
-        vae = _tiny_vae()
-        text_encoder, text_encoder_2 = _tiny_clip(True), _tiny_clip(True)
+        vae = tiny_vae(**FLOW_VAE)
+        text_encoder = tiny_clip(3, projection_dim=32, with_projection=True)
+        text_encoder_2 = tiny_clip(3, projection_dim=32, with_projection=True)
         text_encoder_3 = _tiny_t5(96) if t5 else None
     return StableDiffusion3Pipeline(
         transformer=transformer,
@@ -612,8 +578,8 @@ def tiny_flux_pipeline(seed: int = 0) -> Any:
             guidance_embeds=True,
             axes_dims_rope=(4, 4, 8),
         )
-        vae = _tiny_vae()
-        text_encoder, text_encoder_2 = _tiny_clip(False), _tiny_t5(32)
+        vae = tiny_vae(**FLOW_VAE)
+        text_encoder, text_encoder_2 = tiny_clip(3, projection_dim=32), _tiny_t5(32)
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     scheduler = FlowMatchEulerDiscreteScheduler(

@@ -507,10 +507,10 @@ def _assemble(
 
 def _tiny_components(prediction_type: str, seed: int, pixel_space: bool) -> dict[str, Any]:
     """Seeded tiny SD-1.x-shaped components (float32, CPU); the global RNG is left untouched."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import DDIMScheduler, UNet2DConditionModel
 
-    from .tokenizer import VOCAB_SIZE, byte_level_tokenizer
+    from .tiny import tiny_clip, tiny_vae
+    from .tokenizer import byte_level_tokenizer
 
     if prediction_type not in ("epsilon", "v_prediction"):
         raise InvalidParameter(f"prediction type {prediction_type!r} is not supported (epsilon or v_prediction)")
@@ -530,30 +530,8 @@ def _tiny_components(prediction_type: str, seed: int, pixel_space: bool) -> dict
         )
         vae = None
         if not pixel_space:
-            vae = AutoencoderKL(
-                in_channels=3,
-                out_channels=3,
-                down_block_types=("DownEncoderBlock2D",) * 3,
-                up_block_types=("UpDecoderBlock2D",) * 3,
-                block_out_channels=(16, 32, 32),
-                layers_per_block=1,
-                latent_channels=4,
-                norm_num_groups=8,
-                sample_size=32,
-            )
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                hidden_size=32,
-                intermediate_size=64,
-                num_attention_heads=4,
-                num_hidden_layers=2,
-                vocab_size=VOCAB_SIZE,
-                max_position_embeddings=77,
-                bos_token_id=0,
-                eos_token_id=1,
-                pad_token_id=1,
-            )
-        )
+            vae = tiny_vae()
+        text_encoder = tiny_clip(2)
     return {
         "unet": unet,
         "text_encoder": text_encoder,
