@@ -36,10 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", type=Path, help=f"image to edit (default: {SAMPLE.name}, made if missing)")
     parser.add_argument("--prompt", default=SOURCE_PROMPT, help="what the image shows")
     parser.add_argument("--edit", action="append", help="an edit prompt (give two; default: two examples)")
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--strength", type=float, default=0.8, help="how far toward noise to invert")
-    parser.add_argument("--guidance", type=float, default=2.0, help="guidance of the inversion and the edits")
-    parser.add_argument("--edit-gamma", type=float, default=0.5, help="the edits' own γ (1 = the inversion's)")
+    parser.add_argument("--steps", type=int, help="inversion steps (default: the model's)")
+    parser.add_argument("--strength", type=float, help="how far toward noise to invert (default: the model's)")
+    parser.add_argument("--guidance", type=float, help="guidance of the inversion and the edits (default: the model's)")
+    parser.add_argument("--edit-gamma", type=float, help="the edits' own γ (1 = the inversion's; default: the model's)")
     parser.add_argument("--out", type=Path, default=Path("out"), help="where the PNGs go (default: out/)")
     args = parser.parse_args(argv)
     edits = (args.edit or list(EDITS)) + list(EDITS)
@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         with stack, BdiaClient(stack.url, timeout=120) as client:
             where = f"{stack.redis_url}{' (private)' if stack.private_redis else ''}"
             print(f"Redis {where}; API {stack.url}; ready in {time.perf_counter() - started:.1f} s")
-            settings = {"steps": args.steps, "strength": args.strength, "guidance_scale": args.guidance}
+            given = {"steps": args.steps, "strength": args.strength, "guidance_scale": args.guidance}
+            settings = {name: value for name, value in given.items() if value is not None}
             return _drive(client, _sample(args.image), args.prompt, edits[:2], settings, args.edit_gamma, args.out)
     except (RedisMissing, StackFailed) as exc:
         print(f"bdia demo: {exc}", file=sys.stderr)
@@ -77,15 +78,21 @@ def _drive(
     prompt: str,
     edits: list[str],
     settings: dict[str, float],
-    edit_gamma: float,
+    edit_gamma: float | None,
     out: Path,
 ) -> int:
-    """The client's part: edit twice (the second reuses the cache), reconstruct, save, report."""
+    """The client's part: edit twice (the second reuses the cache), reconstruct, save, report. ``settings`` and
+    ``edit_gamma`` are what the user gave; the service fills the rest from the model's defaults."""
     model = client.models().models[0]
+    used = {**model.defaults, **settings}
+    edit = {**model.defaults.get("edit", {}), **({"edit_gamma": edit_gamma} if edit_gamma is not None else {})}
+    if "guidance_scale" in settings:  # the demo's guidance serves the edits too
+        edit["guidance_scale"] = settings["guidance_scale"]
+    shown = ("guidance_scale", "edit_gamma", "control", "mask_mode")
     print(
-        f"model {model.name}: {model.width}×{model.height}; {settings['steps']} steps, strength "
-        f"{settings['strength']:g}, guidance {settings['guidance_scale']:g}, edit γ {edit_gamma:g}; "
-        f"source prompt {prompt!r}"
+        f"model {model.name}: {model.width}×{model.height}; inversion: {used.get('steps')} steps, strength "
+        f"{used.get('strength')}, guidance {used.get('guidance_scale')}; edits: "
+        f"{', '.join(f'{k} {edit[k]}' for k in shown if edit.get(k) is not None)}; source prompt {prompt!r}"
     )
     (out / "source.png").write_bytes(image)
     timings: dict[str, float] = {}
@@ -104,7 +111,10 @@ def _drive(
         "edit 1 (uploads)", lambda: client.edit_image(image, prompt, edits[0], edit_gamma=edit_gamma, **settings)
     )
     inversion_id = first.inversion_id
-    second = run("edit 2 (cached)", lambda: client.edit(inversion_id, edits[1], edit_gamma=edit_gamma))
+    guidance = settings.get("guidance_scale")
+    second = run(
+        "edit 2 (cached)", lambda: client.edit(inversion_id, edits[1], guidance_scale=guidance, edit_gamma=edit_gamma)
+    )
     start = time.perf_counter()
     again = client.invert(image, prompt, **settings)
     print(f"re-upload        {time.perf_counter() - start:7.3f} s   answered from the cache: {again.cached}")

@@ -132,6 +132,8 @@ class EditFormIn(WebhookFields, InversionParamsIn):
     blend_words: list[str] | None = optional(_described("blend_words") + " (form: repeat the field)")
     mask_mode: EditMask | None = optional(_described("mask_mode") + "; with a `mask` file, the file decides")
     mask_threshold: float | None = optional(_described("mask_threshold"), gt=0, lt=1)
+    keep_unchanged: bool | None = optional(_described("keep_unchanged"))
+    restart_removed: bool | None = optional(_described("restart_removed"))
 
 
 class EditForm(EditFormIn):

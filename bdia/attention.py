@@ -12,8 +12,9 @@ attention probabilities explicitly, group by group, so a job's result depends on
   target tokens are reweighted;
 - self-attention: the target's conditional probabilities become the source's in the layers with at
   most ``self_max_tokens`` queries, over the first ``self_fraction`` of the steps;
-- capture: the source's and the target's cross-attention maps of the blend words, averaged over
-  heads, summed per layer resolution (what the automatic mask is made of).
+- capture: the source's and the target's cross-attention maps of the blend words, and the source's
+  of each kept phrase's noun, averaged over heads, summed per layer resolution (what the automatic
+  mask is made of: ``attention_map``, ``kept_maps``).
 
 Rows outside every group (padding) get zeros; calls without groups never see this module.
 """
@@ -47,7 +48,9 @@ class AttentionControl:
     target_tokens: list[int] = field(default_factory=list)  # blend tokens read from the target row
     window: float = 1.0  # the share of the steps that run the source row (injection and capture)
     step: int = 0  # the index of the current call (0 = first)
+    keep_groups: list[list[int]] = field(default_factory=list)  # source tokens of each kept phrase's noun
     maps: dict[tuple[int, int], Tensor] = field(default_factory=dict)  # (h, w) → [h, w] summed maps
+    kept: dict[tuple[int, tuple[int, int]], Tensor] = field(default_factory=dict)  # (group, (h, w)) → summed
     counts: dict[tuple[int, int], int] = field(default_factory=dict)
 
     def injecting_cross(self) -> bool:
@@ -68,19 +71,44 @@ class AttentionControl:
             if tokens:
                 total += probs[:, :, tokens].float().sum(-1).mean(0).reshape(size)
         self.maps[size] = self.maps.get(size, 0) + total
+        for group, tokens in enumerate(self.keep_groups):
+            kept = source[:, :, tokens].float().sum(-1).mean(0).reshape(size)
+            self.kept[(group, size)] = self.kept.get((group, size), 0) + kept
         self.counts[size] = self.counts.get(size, 0) + 1
 
+    def clear(self) -> None:
+        """Forget what was captured."""
+        self.maps.clear()
+        self.kept.clear()
+        self.counts.clear()
+
     def attention_map(self) -> Tensor | None:
-        """The captured maps so far, averaged per resolution, at the latent's size, max-normalised to [0, 1]."""
-        if not self.maps:
-            return None
-        h, w = self.latent_size
-        ups = [
-            F.interpolate((m / self.counts[s])[None, None], size=(h, w), mode="bilinear", align_corners=False)
-            for s, m in self.maps.items()
-        ]
-        avg = torch.stack(ups).mean(0)
-        return avg / avg.amax().clamp_min(1e-12)
+        """The blend words' captured maps so far at the mask's resolution, upsampled to the latent's size,
+        min-max normalised.
+
+        The mask's resolution is the captured layer resolution nearest a quarter of the latent's side (16 × 16
+        for SD's 64 × 64 latent, as Prompt-to-Prompt; on the bundled model its maps overlap the edited object
+        best: docs/editing.md). Min-max, not max, normalisation: a word's attention has a floor everywhere."""
+        size = self._mask_size()
+        return None if size is None else self._normalised(self.maps[size], size)
+
+    def kept_maps(self) -> list[Tensor]:
+        """Each kept phrase's noun map (``keep_groups``), as ``attention_map``."""
+        size = self._mask_size()
+        if size is None:
+            return []
+        return [self._normalised(self.kept[(g, size)], size) for g in range(len(self.keep_groups))]
+
+    def _mask_size(self) -> tuple[int, int] | None:
+        h = self.latent_size[0]
+        return min(self.maps, key=lambda s: (abs(s[0] - h / 4), s[0])) if self.maps else None
+
+    def _normalised(self, summed: Tensor, size: tuple[int, int]) -> Tensor:
+        m = F.interpolate(
+            (summed / self.counts[size])[None, None], size=self.latent_size, mode="bilinear", align_corners=False
+        )
+        m = m - m.amin()
+        return m / m.amax().clamp_min(1e-12)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
@@ -203,6 +203,8 @@ def _edit_params(args: argparse.Namespace):
         "blend_words": args.blend,
         "mask_mode": args.mask_mode,
         "mask_threshold": args.mask_threshold,
+        "keep_unchanged": False if args.no_keep_unchanged else None,
+        "restart_removed": False if args.no_restart_removed else None,
     }
     if args.reweight:
         reweight = {}
@@ -343,8 +345,15 @@ MODEL_DEFAULT = "default: the model's (its folder's bdia_defaults.json, else bui
 """Said of each setting whose default is the model's (``bdia.params.ModelDefaults``)."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """``argparse`` whose usage errors are one line on stderr (exit 2); the usage itself is in ``--help``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="bdia",
         description="Lossless image editing by exact diffusion inversion (BDIA): the engine's sample, invert, "
         "edit and roundtrip, and the service's commands.",
@@ -401,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--control",
-        choices=("none", "cross", "cross+self"),
+        choices=("none", "swap", "cross", "cross+self"),
         default=None,
         help="attention control from the exact source branch (default: cross)",
     )
@@ -415,7 +424,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="the automatic edit mask (default: auto); none turns blending off. --mask gives one instead",
     )
-    p.add_argument("--mask-threshold", type=float, default=None, help="share of the attention peak in the mask")
+    p.add_argument(
+        "--mask-threshold", type=float, default=None, help="attention-map level of the mask (default: Otsu's)"
+    )
+    p.add_argument(
+        "--no-keep-unchanged",
+        action="store_true",
+        help="let the automatic mask cover the objects of unchanged phrases too",
+    )
+    p.add_argument(
+        "--no-restart-removed",
+        action="store_true",
+        help="do not regenerate a deleted phrase's region from fresh noise (it then starts from the inversion)",
+    )
     p.add_argument("--output", required=True, help="PNG to write")
     p.add_argument(
         "--save-mask",

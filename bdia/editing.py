@@ -6,8 +6,10 @@ the source prompt runs on it only to give the target its attention (``bdia.atten
 branch regenerates from the inverted pair under the edit prompt with its own γ and guidance. After
 every step the target's state is kept equal to the source's outside the edit mask, so outside the
 final mask the result is the source, bit for bit. The mask comes from the cross-attention maps of
-the words that change and of their phrases' nouns, or from the difference of the two branches'
-noise predictions where attention does not localise (DiffEdit).
+the changed phrases' nouns (an edit whose phrases cover most of the image, such as a background, is
+global and not blended), or from the difference of the two branches' noise predictions (DiffEdit).
+A phrase the edit deletes restarts from fresh noise where it was (``Removal``): its inverted state
+would draw it again.
 
 A DDIM inversion has no stored trajectory: its source branch is a DDIM regeneration under the source
 prompt beside the target (Prompt-to-Prompt on DDIM inversion, the inexact baseline).
@@ -25,7 +27,7 @@ from .attention import AttentionControl
 from .errors import InvalidParameter
 from .grid import LevelGrid
 from .params import EditParams, InversionParams, check_gamma
-from .prompts import align, blend_words, find_words, tokens_of
+from .prompts import align, blend_words, find_words, kept_nouns, tokens_of
 from .sampling import FixedPoint, FloatLattice, Lattice, Walk, bdia_sample, ddim_sample, lattice_for
 
 Tensor = torch.Tensor
@@ -34,7 +36,7 @@ Tensor = torch.Tensor
 CONTROLLED_GAMMA = 0.5
 #: Calls whose noise difference makes the DiffEdit mask (its first steps, as DiffEdit's early timesteps).
 NOISE_CALLS = 0.3
-#: An attention mask covering more than this share of the image does not localise: ``auto`` uses noise.
+#: An attention mask covering more than this share of the image makes the edit global: no blending.
 LOCALISED = 0.5
 #: The least share of the steps that runs the source row when a mask is made from it (its capture window).
 MASK_WINDOW = 0.5
@@ -59,6 +61,17 @@ def target_lattice(
     return lattice, hi, lo, trajectory
 
 
+def otsu_threshold(values: Tensor, bins: int = 64) -> float:
+    """The level in [0, 1] that best splits ``values`` (in [0, 1]) into two classes (Otsu's method)."""
+    hist = torch.histc(values.detach().float().cpu().flatten(), bins=bins, min=0.0, max=1.0)
+    p = hist / hist.sum().clamp_min(1)
+    below = p.cumsum(0)[:-1]  # the share at or below each inner bin edge
+    mean_below = (p * (torch.arange(bins) + 0.5) / bins).cumsum(0)[:-1]
+    total = mean_below[-1] + p[-1] * (bins - 0.5) / bins
+    between = (total * below - mean_below) ** 2 / (below * (1 - below)).clamp_min(1e-12)
+    return float(int(torch.argmax(between)) + 1) / bins
+
+
 def dilate(mask: Tensor, pixels: int = 1) -> Tensor:
     """Grow a boolean [1, 1, h, w] mask by ``pixels`` (a max-pool)."""
     if pixels <= 0:
@@ -67,13 +80,23 @@ def dilate(mask: Tensor, pixels: int = 1) -> Tensor:
     return F.max_pool2d(mask.float(), k, stride=1, padding=pixels) > 0
 
 
+def attention_mask(m: Tensor, threshold: float | None) -> Tensor:
+    """The mask of a min-max normalised attention map ``m``: above ``threshold`` (None: Otsu's), dilated by one."""
+    return dilate(m > (otsu_threshold(m) if threshold is None else threshold))
+
+
+def localised(mask: Tensor) -> bool:
+    """Whether ``mask`` is a local region (at most ``LOCALISED`` of the image), not the scene itself."""
+    return float(mask.float().mean()) <= LOCALISED
+
+
 @dataclass
 class Blender:
     """Chooses the edit mask after every step and keeps the target on the source outside it."""
 
     control: AttentionControl | None
     mode: str  # auto, attention, noise, none, or fixed (a given mask)
-    threshold: float
+    threshold: float | None  # of the attention map; None: Otsu's
     source_state: Callable[[int], Tensor]
     fixed: Tensor | None = None
     noise_calls: int = 1
@@ -98,10 +121,15 @@ class Blender:
         if self.mode in ("auto", "attention") and self.control is not None:
             m = self.control.attention_map()
             if m is not None:
-                mask = dilate(m > self.threshold)
-                if self.mode == "attention" or float(mask.float().mean()) <= LOCALISED:
+                mask = attention_mask(m, self.threshold)
+                for k in self.control.kept_maps():  # pixels a kept object's noun holds more than the edit's
+                    if localised(k > otsu_threshold(k)):
+                        mask &= ~(k > m)
+                if self.mode == "attention" or localised(mask):
                     self.source = "attention"
                     return mask
+                self.source = "global"  # the changed phrases cover most of the image (a background, a style)
+                return None
         if self.noise is not None:
             n = F.avg_pool2d(self.noise, 3, stride=1, padding=1, count_include_pad=False)
             self.source = "noise"
@@ -109,10 +137,11 @@ class Blender:
         return None
 
     def guide(self, level: int, state: Tensor) -> Tensor:
+        """``state`` at ``level`` kept on the source outside the current mask (``mask``: the one it used, or None)."""
         mask = self.current()
-        if mask is None:
+        self.mask = None if mask is None else mask.to(state.device)
+        if self.mask is None:
             return state
-        self.mask = mask.to(state.device)
         return torch.where(self.mask, state, self.source_state(level).to(state.device).reshape(state.shape))
 
 
@@ -154,16 +183,51 @@ class WalkSource:
         self.states[self.level] = self.z
 
 
+@dataclass
+class Removal:
+    """Phrases the edit deletes restart from noise where they were: their inverted state still draws them
+    (measured: docs/editing.md). One probe call on the inverted state finds the region from the deleted nouns'
+    attention; ``restart`` then gives the target walk from the pair re-noised inside it."""
+
+    tokens: list[int]  # the deleted nouns' source tokens
+    restart: Callable[[Tensor], Walk[Tensor]]
+    threshold: float | None = None
+    region: Tensor | None = None  # where the target restarted from noise, if it did
+
+    def probe(self, control: AttentionControl) -> Tensor | None:
+        """The region of the maps ``control`` captured in the probe call (None if they do not localise)."""
+        m = control.attention_map()
+        region = None if m is None else attention_mask(m, self.threshold)
+        return region if region is not None and localised(region) else None
+
+
 def controlled_walk(
-    target: Walk[Tensor], source: TrajectorySource | WalkSource, control: AttentionControl, blender: Blender
+    target: Walk[Tensor],
+    source: TrajectorySource | WalkSource,
+    control: AttentionControl,
+    blender: Blender,
+    removal: Removal | None = None,
 ) -> Walk[Tensor]:
     """The target walk with the source row beside it: yields [target z, source z], receives
     [ε̂ target, ε̂ source, raw target cond, raw source cond] (``bdia.batching``), returns the target's z0.
 
     An exact source branch is needed only within the control's ``window`` (injection and the mask's
     capture); after it the walk yields the target's row alone and receives its ε̂ (the mask is settled).
-    A regenerated source branch runs to the end."""
+    A regenerated source branch runs to the end. With a ``removal`` the first call is its probe: the
+    target's rows are discarded, and the target restarts from the re-noised pair."""
     request = next(target)
+    if removal is not None:
+        z, level = request
+        kept = control.source_tokens, control.target_tokens, control.cross, control.self_fraction
+        control.source_tokens, control.target_tokens, control.cross, control.self_fraction = removal.tokens, [], 0, 0
+        yield torch.cat([z, source.network_state(level).to(z).reshape(z.shape)]), level
+        region = removal.probe(control)
+        control.source_tokens, control.target_tokens, control.cross, control.self_fraction = kept
+        control.clear()
+        if region is not None:
+            removal.region = region
+            target = removal.restart(region)
+            request = next(target)
     try:
         while True:
             z, level = request
@@ -180,6 +244,11 @@ def controlled_walk(
         return done.value
 
 
+def fresh_state(grid: LevelGrid, level: int, prior: Tensor, noise: Tensor) -> Tensor:
+    """A DDIM state at ``level`` whose clean latent is ``prior``: α·prior + σ·noise."""
+    return grid.alpha(level) * prior + grid.sigma(level) * noise
+
+
 @dataclass
 class EditPlan:
     """What ``edit_walk`` needs besides the states: the control, the blender and the source conditioning."""
@@ -189,6 +258,12 @@ class EditPlan:
     walk: Walk[Tensor]
     source_rows: str  # "cond" or "guided": which source rows the network computes
     gamma: float  # the target's BDIA γ
+    removal: Removal | None = None
+
+    @property
+    def extra_calls(self) -> int:
+        """Network calls beyond the plain regeneration's (the removal's probe)."""
+        return 0 if self.removal is None else 1
 
 
 def _words_tokens(tokenizer, alignment, chosen: list[str], *, target_only: bool = False) -> tuple[list[int], list[int]]:
@@ -218,9 +293,11 @@ def edit_walk(
     latent_size: tuple[int, int],
     *,
     gamma: float,
+    z0: Tensor,
     mask: Tensor | None = None,
 ) -> EditPlan:
-    """The controlled edit of an inversion's pair (``hi``, ``lo``) from ``source_prompt`` to ``target_prompt``."""
+    """The controlled edit of an inversion's pair (``hi``, ``lo``), whose clean latent is ``z0``, from
+    ``source_prompt`` to ``target_prompt``."""
     levels = params.levels
     alignment = align(tokenizer, source_prompt, target_prompt)
     if edit.blend_words:
@@ -228,15 +305,22 @@ def edit_walk(
     else:
         source_tokens = tokens_of(alignment.source_spans, blend_words(alignment.source_words, alignment.source_changed))
         target_tokens = tokens_of(alignment.target_spans, blend_words(alignment.target_words, alignment.target_changed))
+        # A word with a source counterpart points where its counterpart did: only new words read the target row.
+        target_tokens = [t for t in target_tokens if float(alignment.alphas[t]) == 0]
     reweight: dict[int, float] = {}
     for word, factor in (edit.reweight or {}).items():
         for t in _words_tokens(tokenizer, alignment, [word], target_only=True)[1]:
             reweight[t] = float(factor)
     control_mode = edit.control
     steps = levels - 1 if params.method == "bdia" else levels
+    alphas = alignment.alphas
+    if control_mode == "swap":  # only the swapped words take their source counterparts' attention
+        swapped = torch.zeros_like(alphas)
+        swapped[tokens_of(alignment.target_spans, alignment.target_changed)] = 1.0
+        alphas = alphas * swapped
     control = AttentionControl(
         mapper=alignment.mapper,
-        alphas=alignment.alphas,
+        alphas=alphas,
         steps=max(steps, 1),
         latent_size=latent_size,
         cross=edit.cross_fraction if control_mode != "none" else 0.0,
@@ -246,6 +330,9 @@ def edit_walk(
         target_tokens=target_tokens,
     )
     mode = "fixed" if mask is not None else edit.mask_mode
+    if edit.keep_unchanged and mode in ("auto", "attention"):
+        kept = kept_nouns(alignment.source_words, alignment.source_changed)
+        control.keep_groups = [tokens_of(alignment.source_spans, [n]) for n in kept]
     capture = mode in ("auto", "attention", "noise")
     control.window = max(control.cross, control.self_fraction, MASK_WINDOW if capture else 0.0)
     if mode == "noise":
@@ -264,12 +351,36 @@ def edit_walk(
     blender = Blender(
         control, mode, edit.mask_threshold, source.state, fixed=mask, noise_calls=max(1, round(NOISE_CALLS * steps))
     )
-    if params.method == "bdia":
-        inner = bdia_sample(grid, hi, lo, start=levels, gamma=gamma, lattice=lattice, guide=blender.guide)
-        target = _decoded(inner, lattice)
-    else:
-        target = ddim_sample(grid, hi, start=levels, guide=blender.guide)
-    return EditPlan(control, blender, controlled_walk(target, source, control, blender), rows, gamma)
+
+    def target_walk(hi: Tensor, lo: Tensor | None) -> Walk[Tensor]:
+        if params.method == "bdia":
+            return _decoded(
+                bdia_sample(grid, hi, lo, start=levels, gamma=gamma, lattice=lattice, guide=blender.guide), lattice
+            )
+        return ddim_sample(grid, hi, start=levels, guide=blender.guide)
+
+    removal = None
+    deleted = tokens_of(alignment.source_spans, blend_words(alignment.source_words, alignment.source_deleted))
+    if deleted and edit.restart_removed and mode in ("auto", "attention"):
+        encode = lattice.encode if params.method == "bdia" else (lambda z: z.to(hi.dtype))
+
+        def restart(region: Tensor) -> Walk[Tensor]:
+            """The target walk from the inverted pair with fresh noise states inside ``region``, whose clean
+            latent is the mean of ``z0`` outside it (what surrounds the deleted object); the noise is seeded."""
+            outside = (~region).to(z0.device).expand_as(z0).double()
+            prior = (z0.double() * outside).sum((-2, -1), keepdim=True) / outside.sum((-2, -1), keepdim=True)
+            noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+            noise = noise.to(z0.device)
+
+            def swap(level: int, state: Tensor) -> Tensor:
+                fresh = encode(fresh_state(grid, level, prior, noise).to(state.device))
+                return torch.where(region.to(state.device), fresh.to(state.dtype), state)
+
+            return target_walk(swap(levels, hi), None if lo is None else swap(levels - 1, lo))
+
+        removal = Removal(deleted, restart, edit.mask_threshold)
+    walk = controlled_walk(target_walk(hi, lo if params.method == "bdia" else None), source, control, blender, removal)
+    return EditPlan(control, blender, walk, rows, gamma, removal)
 
 
 def _decoded(walk, lattice: Lattice) -> Walk[Tensor]:
@@ -277,4 +388,16 @@ def _decoded(walk, lattice: Lattice) -> Walk[Tensor]:
     return lattice.decode(pair.lo)
 
 
-__all__ = ["CONTROLLED_GAMMA", "Blender", "EditPlan", "controlled_walk", "dilate", "edit_walk", "target_lattice"]
+__all__ = [
+    "CONTROLLED_GAMMA",
+    "Blender",
+    "EditPlan",
+    "Removal",
+    "attention_mask",
+    "controlled_walk",
+    "dilate",
+    "edit_walk",
+    "fresh_state",
+    "otsu_threshold",
+    "target_lattice",
+]

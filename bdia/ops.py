@@ -422,7 +422,7 @@ def regenerating(
         )
         z0 = yield from bind(walk, cond, layout, total=total, stage="regenerate")
     else:
-        gamma = plan.gamma
+        gamma, total = plan.gamma, total + plan.extra_calls
         controlled = _with_source(model, cond, params, plan)
         z0 = yield from bind(plan.walk, controlled, layout, total=total, stage="regenerate", plain=cond)
         mask_tensor = plan.blender.mask
@@ -477,6 +477,7 @@ def _edit_plan(
         inversion.trajectory,
         (int(inversion.z_hi.shape[-2]), int(inversion.z_hi.shape[-1])),
         gamma=params.gamma if gamma is None else gamma,
+        z0=inversion.lattice.decode(inversion.z0),
         mask=mask,
     )
 

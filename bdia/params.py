@@ -26,7 +26,7 @@ P = TypeVar("P", bound=BaseModel)
 
 Method = Literal["bdia", "ddim", "edict"]
 StateDtype = Literal["float64", "float32"]
-EditControl = Literal["none", "cross", "cross+self"]
+EditControl = Literal["none", "swap", "cross", "cross+self"]
 EditMask = Literal["auto", "attention", "noise", "none"]
 METHODS: tuple[str, ...] = ("bdia", "ddim", "edict")
 
@@ -175,26 +175,44 @@ class EditParams(Params):
     )
     control: EditControl = Field(
         "cross",
-        description="attention control from the exact source branch (Prompt-to-Prompt): none, cross "
-        "(cross-attention injection) or cross+self (and self-attention injection)",
+        description="attention control from the exact source branch (Prompt-to-Prompt): none, swap (cross-attention "
+        "injection for the swapped words only), cross (for every word with a source counterpart) or cross+self "
+        "(and self-attention injection)",
     )
-    cross_fraction: float = Field(0.8, ge=0, le=1, description="share of the steps with cross-attention injection")
+    cross_fraction: float = Field(
+        0.8, ge=0, le=1, description="share of the steps with cross-attention injection (swap and cross)"
+    )
     self_fraction: float = Field(0.4, ge=0, le=1, description="share of the steps with self-attention injection")
     reweight: dict[str, float] | None = Field(
         None, description='edit-prompt words → attention factor in [0, 10] (e.g. {"red": 2})'
     )
     blend_words: list[str] | None = Field(
         None,
-        description="the words whose attention makes the automatic mask (default: the changed words and their "
-        "phrases' nouns); each must be in the source or the edit prompt",
+        description="the words whose attention makes the automatic mask (default: the nouns of the changed words' "
+        "phrases); each must be in the source or the edit prompt",
     )
     mask_mode: EditMask = Field(
         "auto",
-        description="where the edit may change the image: auto (attention maps, else noise difference), "
+        description="where the edit may change the image: auto (the attention map of the changed phrases' nouns; "
+        "none when it covers most of the image, a global edit; the noise difference where there is no map), "
         "attention, noise, or none (no blending); outside the mask the result is the source, bit for bit",
     )
-    mask_threshold: float = Field(
-        0.3, gt=0, lt=1, description="share of the attention map's peak above which a pixel is in the mask"
+    mask_threshold: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="level of the min-max normalised attention map above which a pixel is in the mask "
+        "(default: Otsu's threshold, chosen per map)",
+    )
+    keep_unchanged: bool = Field(
+        True,
+        description="the automatic mask leaves out the objects of the phrases the edit does not change (where "
+        "their noun's attention outweighs the changed nouns'); a global edit then blends everything but them",
+    )
+    restart_removed: bool = Field(
+        True,
+        description="where a phrase the edit deletes was, regenerate from fresh noise (its inverted state still "
+        "draws it; one extra network call finds the region); false: that region starts from the inversion too",
     )
 
     @field_validator("reweight", mode="after")
@@ -223,6 +241,8 @@ EDIT_CONTROL_FIELDS: tuple[str, ...] = (
     "blend_words",
     "mask_mode",
     "mask_threshold",
+    "keep_unchanged",
+    "restart_removed",
 )
 """``EditParams`` fields that shape a controlled edit (what an edit job carries besides prompt, guidance, γ)."""
 

@@ -5,9 +5,9 @@ positions of every word for any ``CLIPTokenizer`` — the byte-level one bundled
 byte, the word's last byte carries ``</w>``) and CLIP's BPE alike — by tokenizing word by word: CLIP
 pre-tokenizes on whitespace before its byte-pair merges, so a prompt's tokens are its words' tokens
 in order. ``align`` maps the edit prompt's tokens onto the source's (word swap and refine), and
-``blend_words`` picks the words whose region may change: the changed words and the noun of the
-phrase each belongs to (the text encoder is causal, so an adjective reaches the image through the
-noun after it). Torch is imported by ``align`` only, so the API can check words (``check_words``).
+``blend_words`` picks the words whose attention marks the region that may change: the noun of the
+phrase each changed word belongs to (the text encoder is causal, so an adjective reaches the image
+through the noun after it). Torch is imported by ``align`` only, so the API can check words (``check_words``).
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ class Alignment:
 
     ``mapper`` [L, L]: target token t receives Σ_s source_probs[s]·mapper[s, t]; ``alphas`` [L]: 1 where
     a target token has a source counterpart (its attention is injected), 0 where it is new.
-    ``source_changed``/``target_changed``: indices of the words that differ.
+    ``source_changed``/``target_changed``: indices of the words that differ; ``source_deleted``: the source
+    words the edit drops without a replacement.
     """
 
     mapper: torch.Tensor
@@ -64,6 +65,7 @@ class Alignment:
     target_spans: list[range]
     source_changed: list[int]
     target_changed: list[int]
+    source_deleted: list[int]
 
 
 def _map_block(mapper: torch.Tensor, alphas: torch.Tensor, src: list[range], tgt: list[range]) -> None:
@@ -92,19 +94,22 @@ def align(tokenizer: Any, source: str, target: str) -> Alignment:
     mapper[0, 0] = alphas[0] = 1.0
     source_changed: list[int] = []
     target_changed: list[int] = []
+    source_deleted: list[int] = []
     for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=sw, b=tw, autojunk=False).get_opcodes():
         if op == "equal" or (op == "replace" and i2 - i1 == j2 - j1):
             _map_block(mapper, alphas, ss[i1:i2], ts[j1:j2])
         if op != "equal":
             source_changed += range(i1, i2)
             target_changed += range(j1, j2)
+        if op == "delete":
+            source_deleted += range(i1, i2)
     # The tail: EOS and padding, aligned from each prompt's EOS.
     s_end = token_count(tokenizer, source) - 1
     t_end = token_count(tokenizer, target) - 1
     for t in range(t_end, length):
         mapper[min(s_end + t - t_end, length - 1), t] = 1.0
         alphas[t] = 1.0
-    return Alignment(mapper, alphas, sw, tw, ss, ts, source_changed, target_changed)
+    return Alignment(mapper, alphas, sw, tw, ss, ts, source_changed, target_changed, source_deleted)
 
 
 def phrase_noun(word_list: list[str], index: int) -> int | None:
@@ -122,13 +127,17 @@ def _bare(word: str) -> str:
 
 
 def blend_words(word_list: list[str], changed: list[int]) -> list[int]:
-    """The changed content words and the nouns of their phrases (indices, sorted, no duplicates)."""
-    out: set[int] = set()
-    for i in changed:
-        noun = phrase_noun(word_list, i)
-        if noun is not None:
-            out.update({i, noun})
-    return sorted(out)
+    """The nouns of the changed words' phrases (a changed noun is its own), indices sorted without duplicates.
+
+    Only nouns: an adjective's attention spreads over the whole image (measured: docs/editing.md); with a
+    causal text encoder it reaches the image through the noun after it."""
+    return sorted({noun for i in changed if (noun := phrase_noun(word_list, i)) is not None})
+
+
+def kept_nouns(word_list: list[str], changed: list[int]) -> list[int]:
+    """The nouns of the phrases with no changed word (the objects an edit keeps), indices sorted."""
+    nouns = {phrase_noun(word_list, i) for i in range(len(word_list))}
+    return sorted(n for n in nouns - {phrase_noun(word_list, i) for i in changed} if n is not None)
 
 
 def find_words(word_list: list[str], phrase: str) -> list[int]:
@@ -150,6 +159,7 @@ __all__ = [
     "blend_words",
     "check_words",
     "find_words",
+    "kept_nouns",
     "phrase_noun",
     "token_count",
     "tokens_of",

@@ -51,8 +51,8 @@ from shapes import (
     scene_rng,
     validate,
 )
-from shapes.classifier import detect
-from shapes.scenes import Scene, extent
+from shapes.classifier import added_object, detect
+from shapes.scenes import Scene, extent, grow
 from shapes.train import CHECK_STREAM
 
 Tensor = torch.Tensor
@@ -60,11 +60,13 @@ T = TypeVar("T")
 
 BDIA_EXACT = dict(method="bdia", exact=True)
 PLAIN = dict(control="none", mask_mode="none")
+P2P = dict(control="cross")
 
 
 @dataclass(frozen=True)
 class Method:
-    """A benchmark row: the inversion's fields, the edit's ``EditParams`` fields, an oracle mask, the edit γ."""
+    """A benchmark row: the inversion's fields, the edit's ``EditParams`` fields (the model's edit defaults fill
+    the rest), an oracle mask, the edit γ."""
 
     inversion: dict
     edit: dict
@@ -72,25 +74,30 @@ class Method:
     gamma: float | None = None
 
 
+DEFAULT_ROW = "default (the model's edit settings)"
 #: Rows that share the inversion fields reuse one inversion.
 METHODS: dict[str, Method] = {
     "DDIM inversion": Method(dict(method="ddim", exact=False), PLAIN),
-    "DDIM + P2P + blend": Method(dict(method="ddim", exact=False), {}),
+    "DDIM + P2P + blend": Method(dict(method="ddim", exact=False), P2P),
+    "DDIM + the default's control and blend": Method(dict(method="ddim", exact=False), {}),
     "EDICT": Method(dict(method="edict", exact=False), PLAIN),
     "BDIA exact (plain)": Method(BDIA_EXACT, PLAIN, gamma=1.0),
     "BDIA exact (plain; edit γ=0.5)": Method(BDIA_EXACT, PLAIN, gamma=0.5),
-    "default (exact + P2P + auto mask)": Method(BDIA_EXACT, {}),
+    "exact + P2P + auto mask": Method(BDIA_EXACT, P2P),
+    DEFAULT_ROW: Method(BDIA_EXACT, {}),
     "control none": Method(BDIA_EXACT, dict(control="none")),
     "control cross+self": Method(BDIA_EXACT, dict(control="cross+self")),
     "mask none": Method(BDIA_EXACT, dict(mask_mode="none")),
     "mask attention": Method(BDIA_EXACT, dict(mask_mode="attention")),
     "mask noise": Method(BDIA_EXACT, dict(mask_mode="noise")),
     "mask oracle": Method(BDIA_EXACT, {}, oracle=True),
+    "no removal restart": Method(BDIA_EXACT, dict(restart_removed=False)),
+    "unchanged objects not kept": Method(BDIA_EXACT, dict(keep_unchanged=False)),
+    "edit guidance 2": Method(BDIA_EXACT, dict(guidance_scale=2.0)),
     "target γ=1": Method(BDIA_EXACT, {}, gamma=1.0),
     "target γ=0.8": Method(BDIA_EXACT, {}, gamma=0.8),
 }
-SWEEP_METHODS = ("DDIM inversion", "DDIM + P2P + blend", "default (exact + P2P + auto mask)")
-DEFAULT_ROW = "default (exact + P2P + auto mask)"
+SWEEP_METHODS = ("DDIM inversion", "DDIM + P2P + blend", DEFAULT_ROW)
 MASK_DILATE = 2  # pixels the edit region grows by, for the mask and the background
 
 
@@ -123,7 +130,8 @@ class Inverted:
 class Engine:
     model: DiffusionModel
     steps: int
-    guidance: float
+    guidance: float  # the inversions'
+    edit_guidance: float | None = None  # the edits' where a row does not say (None: the model's edit default)
 
     def params(self, prompt: str, strength: float, fields: dict) -> InversionParams:
         return InversionParams(
@@ -163,18 +171,10 @@ class Engine:
         return run_jobs(self.model, jobs), time.perf_counter() - started
 
     def sample(self, prompts: Sequence[str], seeds: Sequence[int]) -> list[np.ndarray]:
-        """DDIM samples (γ = 0, as diffusers' pipeline) of ``prompts`` from the engine's noise of ``seeds``."""
+        """Samples of ``prompts`` from the engine's noise of ``seeds`` at the model's sampling defaults."""
         batch = len(prompts)
         jobs = [
-            sampling(
-                self.model,
-                prompt,
-                seed=seed,
-                steps=self.steps,
-                gamma=0.0,
-                guidance_scale=self.guidance,
-                layout=Layout(batch, b),
-            )
+            sampling(self.model, prompt, seed=seed, layout=Layout(batch, b))
             for b, (prompt, seed) in enumerate(zip(prompts, seeds, strict=True))
         ]
         return [np.asarray(s.image) for s in run_jobs(self.model, jobs)]
@@ -211,6 +211,15 @@ def mean(values: Sequence[float]) -> float:
 # --- the benchmark ---------------------------------------------------------------------------------
 
 
+def edit_region(image: np.ndarray, edit: Edit, resolution: int, dilate: int) -> np.ndarray:
+    """Where the edit may change ``image``'s pixels: the ground truth's region, except for an added shape, which
+    may appear anywhere (``added_object``): there the region is where it did appear (the ground truth's if not)."""
+    added = added_object(image, edit) if edit.kind == "add" else None
+    if added is None:
+        return edit.region(resolution, dilate)
+    return grow(added.mask > 0, dilate)
+
+
 def success(image: np.ndarray, edit: Edit) -> bool:
     """The classifier's verdict: the edited shape as the target has it, or the target's background."""
     if edit.kind == "background":
@@ -233,9 +242,7 @@ def evaluate(
         sources = [e.source.render(res) for e in chunk]
         targets = [e.target.render(res) for e in chunk]
         z0 = [imaging.to_tensor(imaging.load_image(_pil(s))).double() for s in sources]
-        regions = [e.region(res, MASK_DILATE) for e in chunk]
-        truths = [e.region(res, 0) for e in chunk]
-        oracle = [torch.from_numpy(g)[None, None] for g in regions]
+        oracle = [torch.from_numpy(e.region(res, MASK_DILATE))[None, None] for e in chunk]
         inversions: dict[str, Inverted] = {}
         for name in methods:
             method = METHODS[name]
@@ -254,11 +261,14 @@ def evaluate(
                         name, "recon_psnr", [psnr(np.asarray(r.image), s) for r, s in zip(recons, sources, strict=True)]
                     )
             inv = inversions[key]
-            edit = EditParams(**method.edit)
+            given = {} if engine.edit_guidance is None else {"guidance_scale": engine.edit_guidance}
+            edit = EditParams(**{**given, **method.edit})
             edited, seconds = engine.regenerate(
                 inv, [e.prompt for e in chunk], oracle if method.oracle else None, method.gamma, edit
             )
             results = [np.asarray(r.image) for r in edited]
+            regions = [edit_region(r, e, res, MASK_DILATE) for r, e in zip(results, chunk, strict=True)]
+            truths = [edit_region(r, e, res, 0) for r, e in zip(results, chunk, strict=True)]
             for r, z, e, truth, region in zip(edited, z0, chunk, truths, regions, strict=True):
                 local = e.kind in EDIT_KINDS
                 if r.mask is None:
@@ -330,6 +340,26 @@ def sample_accuracy(engine: Engine, n: int, batch: int, seed: int = 0) -> dict:
     }
 
 
+def cost(engine: Engine, edits: Sequence[Edit], strength: float, n: int) -> dict:
+    """Wall time of the default edit against the plain exact regeneration (γ = 1, no control, no mask: the edit
+    as it was), one edit at a time on the same inversion, alternating which runs first."""
+    res = engine.model.height
+    plain, default = [], []
+    for i, e in enumerate(edits[:n]):
+        z0 = imaging.to_tensor(imaging.load_image(_pil(e.source.render(res)))).double()
+        inv = engine.invert([z0], [engine.params(e.source_prompt, strength, BDIA_EXACT)])
+        runs = [(plain, EditParams(**PLAIN), 1.0), (default, EditParams(), None)]
+        for times, edit, gamma in runs[:: -1 if i % 2 else 1]:
+            times.append(engine.regenerate(inv, [e.prompt], None, gamma, edit)[1])
+    return {
+        "edits": len(plain),
+        "plain_seconds": mean(plain),
+        "default_seconds": mean(default),
+        "ratio": sum(default) / sum(plain),
+        "median_ratio": float(np.median([d / p for d, p in zip(default, plain, strict=True)])),
+    }
+
+
 def fmt(x: float, digits: int = 1) -> str:
     return "inf" if x == math.inf else f"{x:.{digits}f}"
 
@@ -351,19 +381,29 @@ def table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def kind_table(rows: dict[str, dict]) -> str:
+    """Edit success per method and edit kind."""
+    kinds = list(dict.fromkeys(k for r in rows.values() for k in r["success_by_kind"]))
+    lines = ["| method | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+    for name, r in rows.items():
+        lines.append(f"| {name} | " + " | ".join(f"{r['success_by_kind'].get(k, math.nan):.0%}" for k in kinds) + " |")
+    return "\n".join(lines)
+
+
 def sweep(
     model: DiffusionModel,
     edits: Sequence[Edit],
     steps: int,
-    guidances: Sequence[float],
+    guidance: float,
+    edit_guidances: Sequence[float],
     strengths: Sequence[float],
     methods: Sequence[str],
     batch: int,
 ) -> list[dict]:
-    """Edit success and background PSNR per (guidance, strength) for ``methods`` (no reconstructions)."""
+    """Edit success and background PSNR per (edit guidance, strength) for ``methods`` (no reconstructions)."""
     out = []
-    for g in guidances:
-        engine = Engine(model, steps, g)
+    for g in edit_guidances:
+        engine = Engine(model, steps, guidance, g)
         for s in strengths:
             rows = evaluate(engine, edits, s, methods, batch, reconstruct=False)
             out += [
@@ -383,16 +423,20 @@ def main(argv: Sequence[str] | None = None, echo: Callable[[str], None] = print)
     parser.add_argument("--model", default="shapes")
     parser.add_argument("--n", type=int, default=200, help="benchmark scenes")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--strength", type=float, default=0.8)
-    parser.add_argument("--guidance", type=float, default=2.0, help="for inversion and regeneration")
+    parser.add_argument("--steps", type=int, default=None, help="default: the model's")
+    parser.add_argument("--strength", type=float, default=None, help="default: the model's")
+    parser.add_argument("--guidance", type=float, default=None, help="the inversion's (default: the model's)")
+    parser.add_argument(
+        "--edit-guidance", type=float, default=None, help="the edits' (default: the model's edit default)"
+    )
     parser.add_argument("--batch", type=int, default=50, help="scenes per network call")
     parser.add_argument("--samples", type=int, default=100, help="prompts for the sample-accuracy figure (0: skip)")
     parser.add_argument("--validate", type=int, default=200, help="ground-truth scenes for the classifier check")
     parser.add_argument("--methods", default=None, help="comma-separated rows (default: all; sweep: DDIM and exact)")
     parser.add_argument("--sweep", action="store_true", help="only the guidance × strength sweep")
-    parser.add_argument("--sweep-guidance", default="1,2,3")
+    parser.add_argument("--sweep-guidance", default="2,4,6", help="edit guidance values")
     parser.add_argument("--sweep-strength", default="0.6,0.8,1.0")
+    parser.add_argument("--cost", type=int, default=0, help="edits timed one at a time, default vs plain (0: skip)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--markdown", action="store_true", help="print only the markdown report")
     args = parser.parse_args(argv)
@@ -403,6 +447,8 @@ def main(argv: Sequence[str] | None = None, echo: Callable[[str], None] = print)
     bdia.configure_determinism(model)  # exact mode needs deterministic kernels
     if not model.pixel_space:
         parser.error("the benchmark compares pixels: it needs a pixel-space model such as shapes")
+    defaults = model.defaults.inversion(steps=args.steps, strength=args.strength, guidance_scale=args.guidance)
+    args.steps, args.strength, args.guidance = defaults["steps"], defaults["strength"], defaults["guidance_scale"]
     edits = edit_benchmark(args.n, args.seed, kinds=EDIT_KINDS + GLOBAL_EDIT_KINDS)
     methods = (
         [m.strip() for m in args.methods.split(",")] if args.methods else list(SWEEP_METHODS if args.sweep else METHODS)
@@ -416,13 +462,21 @@ def main(argv: Sequence[str] | None = None, echo: Callable[[str], None] = print)
     if args.sweep:
         floats = lambda text: [float(x) for x in text.split(",")]  # noqa: E731
         rows = sweep(
-            model, edits, args.steps, floats(args.sweep_guidance), floats(args.sweep_strength), methods, args.batch
+            model,
+            edits,
+            args.steps,
+            args.guidance,
+            floats(args.sweep_guidance),
+            floats(args.sweep_strength),
+            methods,
+            args.batch,
         )
         report["sweep"] = rows
         lines += [
-            f"Guidance × strength sweep, {args.n} scenes, {args.steps} steps:",
+            f"Edit guidance × strength sweep, {args.n} scenes, {args.steps} steps, inversion guidance "
+            f"{args.guidance:g}:",
             "",
-            "| guidance | strength | method | edit success | background PSNR | PSNR to target | kept IoU |",
+            "| edit guidance | strength | method | edit success | background PSNR | PSNR to target | kept IoU |",
             "|---|---|---|---|---|---|---|",
         ]
         lines += [
@@ -438,13 +492,13 @@ def main(argv: Sequence[str] | None = None, echo: Callable[[str], None] = print)
             f"{check['object_accuracy']:.1%}, scene accuracy {check['scene_accuracy']:.1%}.",
             "",
         ]
-        engine = Engine(model, args.steps, args.guidance)
+        engine = Engine(model, args.steps, args.guidance, args.edit_guidance)
         if args.samples:
             started = time.perf_counter()
             acc = sample_accuracy(engine, args.samples, args.batch)
             report["samples"] = acc
             lines += [
-                f"Samples (DDIM, {args.steps} steps, guidance {args.guidance:g}) showing their prompt's "
+                f"Samples (the model's sampling defaults: {model.defaults.sampling()}) showing their prompt's "
                 f"colours and shapes: {acc['prompt_accuracy']:.0%} of {acc['prompts']} prompts "
                 f"(objects {acc['object_accuracy']:.0%}; bar ≥ 80%) [{time.perf_counter() - started:.0f} s]",
                 "",
@@ -452,13 +506,22 @@ def main(argv: Sequence[str] | None = None, echo: Callable[[str], None] = print)
         rows = evaluate(engine, edits, args.strength, methods, args.batch)
         report["methods"] = rows
         levels = InversionParams(model=model.name, steps=args.steps, strength=args.strength).levels
+        settings = model.defaults.edit.model_dump(include=model.defaults.edit.model_fields_set)
+        edit_settings = ", ".join(f"{k} {v}" for k, v in settings.items())
+        if args.edit_guidance is not None:
+            edit_settings += f"; guidance_scale {args.edit_guidance:g} in this run"
         lines += [
             f"Shapes-Edit: {args.n} edits ({', '.join(dict.fromkeys(e.kind for e in edits))}), model "
-            f"{model.name}, {args.steps} steps, strength {args.strength:g} ({levels} levels), guidance "
-            f"{args.guidance:g} for inversion and regeneration, mask and background = edit region "
-            f"+{MASK_DILATE} px, {torch.get_num_threads()} CPU thread(s), {args.batch} scenes per call.",
+            f"{model.name}, {args.steps} steps, strength {args.strength:g} ({levels} levels), inversion guidance "
+            f"{args.guidance:g}; edits at the model's edit settings ({edit_settings}) where a row does not say; "
+            f"mask and background = edit region +{MASK_DILATE} px, {torch.get_num_threads()} CPU thread(s), "
+            f"{args.batch} scenes per call.",
             "",
             table(rows),
+            "",
+            "Edit success by kind:",
+            "",
+            kind_table(rows),
             "",
         ]
         recon = [
@@ -478,10 +541,15 @@ def main(argv: Sequence[str] | None = None, echo: Callable[[str], None] = print)
                 f"{fmt(p2p['background_psnr'])} dB; outside the mask = source on local edits: "
                 f"{new['identical_local']:.0%} (≥ 95%)."
             )
-        for name in (DEFAULT_ROW, "BDIA exact (plain)", "DDIM + P2P + blend"):
-            if name in rows:
-                by_kind = ", ".join(f"{k} {v:.0%}" for k, v in rows[name]["success_by_kind"].items())
-                lines.append(f"{name}: success by edit kind: {by_kind}.")
+        if args.cost:
+            c = cost(engine, edits, args.strength, args.cost)
+            report["cost"] = c
+            lines += [
+                "",
+                f"Cost, {c['edits']} edits one at a time: the default edit {c['default_seconds']:.2f} s against "
+                f"{c['plain_seconds']:.2f} s for the plain exact regeneration: {c['ratio']:.2f}× in total "
+                f"(median {c['median_ratio']:.2f}×; bar ≤ 1.6×).",
+            ]
     text = "\n".join(lines)
     report["markdown"] = text
     echo(text)

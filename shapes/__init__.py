@@ -4,7 +4,7 @@
 ``classifier`` recognises the objects of an image; ``train`` trains the default ``shapes`` model.
 """
 
-from .classifier import DetectedObject, Detection, compare, detect, edit_success, validate
+from .classifier import DetectedObject, Detection, added_object, compare, detect, edit_success, validate
 from .scenes import (
     BACKGROUNDS,
     COLOURS,
@@ -31,6 +31,7 @@ __all__ = [
     "Edit",
     "Scene",
     "Shape",
+    "added_object",
     "compare",
     "detect",
     "edit_benchmark",

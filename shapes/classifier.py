@@ -207,9 +207,26 @@ def compare(image: np.ndarray | object, scene: Scene, by_position: bool = True) 
     }
 
 
+def added_object(image: np.ndarray | object, edit: Edit) -> DetectedObject | None:
+    """The object an ``"add"`` edit drew: one with the added shape's colour and kind that is none of the kept
+    shapes (its centre is outside each kept shape's extent). Anywhere in the image: captions carry no positions
+    (only the left-to-right order), so neither the model nor the edit can know where the generator put it."""
+    if edit.kind != "add":
+        return None
+    _, after = edit.edited_shapes
+    kept = edit.kept_shapes
+    for o in detect(image).objects:
+        new = all(math.dist(o.center, s.center) > extent(s.size) for s in kept)
+        if new and o.colour == after.colour and o.kind == after.kind:
+            return o
+    return None
+
+
 def edit_success(image: np.ndarray | object, edit: Edit) -> bool:
     """Whether ``image`` shows the edit: an object with the target's colour and kind where the edited shape
-    is (for ``"remove"``: no object there)."""
+    is (for ``"remove"``: no object there; for ``"add"``: a new such object anywhere, ``added_object``)."""
+    if edit.kind == "add":
+        return added_object(image, edit) is not None
     before, after = edit.edited_shapes
     anchor = after or before
     near = [o for o in detect(image).objects if math.dist(o.center, anchor.center) <= extent(anchor.size)]

@@ -301,14 +301,19 @@ class Edit:
         for shape in self.edited_shapes:
             if shape is not None:
                 region |= Scene((shape,)).masks(resolution)[0] > 0
-        for _ in range(dilate):
-            grown = region.copy()
-            grown[1:] |= region[:-1]
-            grown[:-1] |= region[1:]
-            grown[:, 1:] |= region[:, :-1]
-            grown[:, :-1] |= region[:, 1:]
-            region = grown
-        return region
+        return grow(region, dilate)
+
+
+def grow(region: np.ndarray, pixels: int) -> np.ndarray:
+    """A boolean (H, W) ``region`` grown by ``pixels`` 4-connected steps."""
+    for _ in range(pixels):
+        grown = region.copy()
+        grown[1:] |= region[:-1]
+        grown[:-1] |= region[1:]
+        grown[:, 1:] |= region[:, :-1]
+        grown[:, :-1] |= region[:, 1:]
+        region = grown
+    return region
 
 
 def possible_edits(scene: Scene) -> tuple[str, ...]:

@@ -44,11 +44,12 @@ def test_given_control_values_reach_the_job(api, prefix: str, redis_client: redi
     client = api()
     inversion_id = _inversion(client)
     edit = {"inversion_id": inversion_id, "prompt": "a blue circle", "control": "cross+self", "blend_words": ["red"]}
-    job = client.post("/v1/edits", json=edit)
+    job = client.post("/v1/edits", json={**edit, "restart_removed": False})
     assert job.status_code == 202, job.text
     raw = redis_client.hget(Keys(prefix).job(job.json()["id"]), "params")
     params = json.loads(raw)
     assert params["control"] == "cross+self" and params["blend_words"] == ["red"]
+    assert params["restart_removed"] is False
 
 
 def test_the_upload_form_takes_the_control_fields(api, prefix: str, redis_client: redis.Redis) -> None:
@@ -66,9 +67,17 @@ def test_the_upload_form_takes_the_control_fields(api, prefix: str, redis_client
     )
     assert body["errors"][0]["loc"] == ["body", "blend_words"]
     assert redis_client.xlen(Keys(prefix).queue("tiny-random")) == queued
-    given = {"control": "none", "mask_mode": "noise", "cross_fraction": "0.5", "blend_words": ["red", "circle"]}
+    given = {
+        "control": "none",
+        "mask_mode": "noise",
+        "cross_fraction": "0.5",
+        "blend_words": ["red", "circle"],
+        "restart_removed": "false",
+        "keep_unchanged": "false",
+    }
     job = client.post("/v1/edits/upload", files=files, data={**form, **given})
     assert job.status_code == 202, job.text
     params = json.loads(redis_client.hget(Keys(prefix).job(job.json()["id"]), "params"))
     assert params["control"] == "none" and params["mask_mode"] == "noise" and params["cross_fraction"] == 0.5
-    assert params["blend_words"] == ["red", "circle"]
+    assert params["blend_words"] == ["red", "circle"] and params["restart_removed"] is False
+    assert params["keep_unchanged"] is False

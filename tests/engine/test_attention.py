@@ -87,6 +87,7 @@ def test_capture_averages_maps_at_the_chosen_resolutions(attn):
     torch.manual_seed(4)
     x, ctx = torch.randn(3, 16, 16), torch.randn(3, 6, 12)  # 16 queries: a 4×4 layer
     control = make_control(cross=0.0, source_tokens=[1, 2], target_tokens=[4], latent_size=(8, 8))
+    control.keep_groups = [[3], [5]]
     with torch.no_grad():
         ControlledProcessor([Group(control, 0, 1, 2)])(attn, x, ctx)
         ControlledProcessor([Group(control, 0, 1, 2)])(attn, x, ctx)
@@ -95,7 +96,11 @@ def test_capture_averages_maps_at_the_chosen_resolutions(attn):
     assert control.counts == {(4, 4): 2}
     assert torch.allclose(control.maps[(4, 4)] / 2, expected.reshape(4, 4), atol=1e-6)
     m = control.attention_map()
-    assert m.shape == (1, 1, 8, 8) and float(m.max()) == pytest.approx(1.0)
+    assert m.shape == (1, 1, 8, 8) and float(m.max()) == pytest.approx(1.0) and float(m.min()) == 0.0
+    assert torch.allclose(control.kept[(1, (4, 4))] / 2, p[2][..., 5].mean(0).reshape(4, 4), atol=1e-6)
+    assert [k.shape for k in control.kept_maps()] == [(1, 1, 8, 8)] * 2
+    control.clear()
+    assert control.attention_map() is None and control.kept_maps() == []
 
 
 def test_uncontrolled_calls_stay_bit_identical_and_processors_come_back(tiny_model):

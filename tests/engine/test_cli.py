@@ -98,6 +98,14 @@ def test_version_and_help_without_arguments(capsys):
     assert out.startswith("usage: bdia") and "roundtrip" in out
 
 
+def test_a_usage_error_is_one_line(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["edit", "inv.safetensors", "--output", "x.png", "--control", "bogus"])
+    err = capsys.readouterr().err.strip()
+    assert done.value.code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("bdia edit: error: argument --control: invalid choice") and "--help" in err
+
+
 def _one_json_object(out: str) -> dict:
     (line,) = out.strip().splitlines()
     return json.loads(line)

@@ -49,6 +49,8 @@ def report(bench):
         "3",
         "--batch",
         "2",
+        "--cost",
+        "1",
     ]
     return bench.main(argv, echo=lambda _: None)
 
@@ -60,6 +62,7 @@ def test_table_has_every_method(bench, report):
     assert f"edit_quality.py --model {MODEL} --n 2" in report["markdown"]
     assert report["classifier"]["object_accuracy"] == 1.0
     assert 0 <= report["samples"]["prompt_accuracy"] <= 1
+    assert report["cost"]["edits"] == 1 and report["cost"]["ratio"] > 0 and "Cost, 1 edits" in report["markdown"]
 
 
 def test_exact_reconstruction_is_bit_exact(report):
@@ -70,9 +73,12 @@ def test_exact_reconstruction_is_bit_exact(report):
 
 
 def test_blended_edits_keep_the_outside_bit_for_bit(bench, report):
-    for name in ("mask oracle", bench.DEFAULT_ROW, "control none", "mask noise"):
+    for name in ("mask oracle", "mask noise"):  # always a mask
         row = report["methods"][name]
         assert row["masked"] == 1.0 and row["identical"] == 1.0, name
+    for name in (bench.DEFAULT_ROW, "exact + P2P + auto mask", "no removal restart"):  # a mask unless global
+        row = report["methods"][name]
+        assert row["masked"] == 0.0 or row["identical"] == 1.0, name
     oracle = report["methods"]["mask oracle"]
     assert oracle["background_identical"] == 1.0 and oracle["leakage"] == 0.0
     assert report["methods"]["mask none"]["masked"] == 0.0 and math.isnan(report["methods"]["mask none"]["identical"])

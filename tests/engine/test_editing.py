@@ -9,6 +9,8 @@ import torch
 import bdia
 from bdia.batching import Lane, Layout, advance, drive
 from bdia.cli import main
+from bdia.editing import Blender, Removal, dilate, fresh_state, otsu_threshold
+from bdia.grid import LevelGrid
 from bdia.ops import invert_latent, regenerate, regenerating
 from bdia.params import EditParams, InversionParams
 
@@ -28,9 +30,12 @@ def inversion(model, z0, layout=Layout(), prompt=SOURCE, method="bdia"):
     return invert_latent(model, z0, params.check(), layout=layout)
 
 
+NOISE_MASK = EditParams(mask_mode="noise")  # the random tiny model's attention does not localise
+
+
 def test_controlled_edit_keeps_the_source_outside_its_mask(tiny_model, z0):
     inv = inversion(tiny_model, z0)
-    result = regenerate(tiny_model, inv, TARGET)
+    result = regenerate(tiny_model, inv, TARGET, edit=NOISE_MASK)
     assert result.mask is not None and result.mask.dtype == torch.bool
     assert result.mask.shape == (1, 1, *z0.shape[-2:])
     assert 0 < float(result.mask.float().mean()) < 1 and result.mask_fraction is not None
@@ -48,7 +53,9 @@ def test_control_changes_the_edit(tiny_model, z0):
     cross = regenerate(tiny_model, inv, TARGET, edit=EditParams(control="cross", **blended)).z0
     plain = regenerate(tiny_model, inv, TARGET, edit=EditParams(control="none", **blended)).z0
     both = regenerate(tiny_model, inv, TARGET, edit=EditParams(control="cross+self", self_fraction=1, **blended)).z0
+    swap = regenerate(tiny_model, inv, TARGET, edit=EditParams(control="swap", **blended)).z0
     assert not torch.equal(cross, plain) and not torch.equal(both, cross)
+    assert not torch.equal(swap, plain) and not torch.equal(swap, cross)  # only the swapped word is injected
 
 
 def test_reconstruction_takes_the_plain_path_and_stays_bit_exact(tiny_model, z0):
@@ -61,24 +68,111 @@ def test_reconstruction_takes_the_plain_path_and_stays_bit_exact(tiny_model, z0)
 def test_a_controlled_edit_is_independent_of_its_batchmates(tiny_model, z0):
     layout = Layout(2, 0)
     inv = inversion(tiny_model, z0, layout)
-    alone = drive(tiny_model, regenerating(tiny_model, inv, TARGET))
+    alone = drive(tiny_model, regenerating(tiny_model, inv, TARGET, edit=NOISE_MASK))
     other_z = torch.flip(z0, dims=[-1])
     for prompt, mate_target in (
         ("a green star on a white background", "a green square on a white background"),
         (SOURCE, "a red star on a grey background"),
     ):
         mate = inversion(tiny_model, other_z, Layout(2, 1), prompt=prompt)
-        lanes = [Lane(regenerating(tiny_model, inv, TARGET)), Lane(regenerating(tiny_model, mate, mate_target))]
+        lanes = [
+            Lane(regenerating(tiny_model, inv, TARGET, edit=NOISE_MASK)),
+            Lane(regenerating(tiny_model, mate, mate_target)),
+        ]
         while any(lane.live for lane in lanes):
             advance(tiny_model, lanes)
         assert lanes[0].error is None and lanes[1].error is None
         assert lanes[0].evaluations == lanes[1].evaluations  # they shared every call
+        assert alone.mask is not None
         assert torch.equal(lanes[0].result.z0, alone.z0) and torch.equal(lanes[0].result.mask, alone.mask)
+
+
+def test_a_deleted_phrase_restarts_from_noise_after_one_probe_call(tiny_model, z0, monkeypatch):
+    regions = []  # what each probe found (a spy on the real method)
+    probe = Removal.probe
+    monkeypatch.setattr(Removal, "probe", lambda self, control: regions.append(probe(self, control)) or regions[-1])
+    two = "a red circle and a blue square on a grey background"
+    layout = Layout(2, 0)
+    inv = inversion(tiny_model, z0, layout, prompt=two)
+    small = EditParams(mask_mode="attention", mask_threshold=0.9)  # a small region from the random model's maps
+    swap = regenerate(tiny_model, inv, "a red circle and a blue star on a grey background", edit=small)
+    removal = drive(tiny_model, regenerating(tiny_model, inv, SOURCE, edit=small))
+    assert removal.nfe == swap.nfe + 1  # the probe
+    assert len(regions) == 1 and regions[0] is not None and 0 < float(regions[0].float().mean()) <= 0.5
+    mask, source = removal.mask.expand_as(z0), inv.lattice.decode(inv.z0)
+    assert torch.equal(removal.z0[~mask], source[~mask])
+    mate = inversion(tiny_model, torch.flip(z0, dims=[-1]), Layout(2, 1))
+    lanes = [Lane(regenerating(tiny_model, inv, SOURCE, edit=small)), Lane(regenerating(tiny_model, mate, TARGET))]
+    while any(lane.live for lane in lanes):
+        advance(tiny_model, lanes)
+    assert torch.equal(lanes[0].result.z0, removal.z0)  # the probe and the restart are the job's own
+
+
+def test_fresh_states_follow_the_ddim_marginal():
+    grid = LevelGrid(timesteps=(None, 500, 999), alphas_cumprod=(1.0, 0.25, 0.01))
+    prior, noise = torch.full((1, 1, 2, 2), 0.5, dtype=torch.float64), torch.ones(1, 1, 2, 2, dtype=torch.float64)
+    assert torch.allclose(fresh_state(grid, 1, prior, noise), torch.full_like(prior, 0.5 * 0.5 + 0.75**0.5))
+
+
+class FixedMap:
+    """An attention control stand-in whose captured maps are given."""
+
+    def __init__(self, m: torch.Tensor, kept: list[torch.Tensor] | None = None) -> None:
+        self.m, self.kept = m, kept or []
+
+    def attention_map(self) -> torch.Tensor:
+        return self.m
+
+    def kept_maps(self) -> list[torch.Tensor]:
+        return self.kept
+
+
+def test_the_mask_leaves_out_what_a_kept_phrase_holds():
+    edited = torch.zeros(1, 1, 16, 16)
+    edited[..., 2:10, 2:10] = 1.0
+    kept = torch.zeros(1, 1, 16, 16)
+    kept[..., 6:10, 6:14] = 1.0  # an unchanged object overlapping the edited one's attention
+    blender = Blender(FixedMap(edited, [kept]), "auto", None, lambda level: None)
+    assert torch.equal(blender.current(), dilate(edited > 0.5) & ~(kept > edited))
+    background = 1 - edited  # a global edit (the background): not blended (coarse maps would leave halos)
+    blender = Blender(FixedMap(background, [kept]), "auto", None, lambda level: None)
+    assert blender.current() is None and blender.source == "global"
+
+
+def test_the_reported_mask_is_the_one_the_last_step_used():
+    local = torch.zeros(1, 1, 16, 16)
+    local[..., 4:8, 4:8] = 1.0
+    maps = FixedMap(local)
+    blender = Blender(maps, "auto", None, lambda level: torch.zeros(1, 1, 16, 16))
+    state = torch.ones(1, 1, 16, 16)
+    assert torch.equal(blender.guide(1, state), dilate(local > 0.5).float()) and blender.mask is not None
+    maps.m = 1 - local  # the maps settle on a global edit: not blended, and no mask is reported
+    assert torch.equal(blender.guide(0, state), state) and blender.mask is None
+
+
+def test_otsu_threshold_splits_a_two_level_map():
+    m = torch.zeros(1, 1, 16, 16)
+    m[..., 4:8, 4:8] = 0.9
+    m += torch.rand(m.shape, generator=torch.Generator().manual_seed(0)) * 0.1
+    t = otsu_threshold(m)
+    assert 0.1 <= t <= 0.9 and torch.equal(m > t, m > 0.5)
+
+
+def test_an_attention_map_over_most_of_the_image_makes_the_edit_global():
+    local = torch.zeros(1, 1, 16, 16)
+    local[..., 4:8, 4:8] = 1.0
+    blender = Blender(FixedMap(local), "auto", None, lambda level: None)
+    mask = blender.current()
+    assert blender.source == "attention" and torch.equal(mask, dilate(local > 0.5))
+    blender = Blender(FixedMap(1 - local), "auto", None, lambda level: None)  # e.g. "background"
+    assert blender.current() is None and blender.source == "global"
+    blender = Blender(FixedMap(1 - local), "attention", None, lambda level: None)  # asked for: kept
+    assert blender.current() is not None and blender.source == "attention"
 
 
 def test_ddim_inversions_get_prompt_to_prompt_with_a_regenerated_source(tiny_model, z0):
     inv = inversion(tiny_model, z0, method="ddim")
-    result = regenerate(tiny_model, inv, TARGET)
+    result = regenerate(tiny_model, inv, TARGET, edit=NOISE_MASK)
     assert result.mask is not None and torch.isfinite(result.z0).all()
 
 
@@ -87,7 +181,7 @@ def test_ddim_inversions_get_prompt_to_prompt_with_a_regenerated_source(tiny_mod
     [
         (dict(cross_fraction=1.5), "cross_fraction: Input should be less than or equal to 1"),
         (dict(self_fraction=-0.1), "self_fraction: Input should be greater than or equal to 0"),
-        (dict(control="all"), "control: Input should be 'none', 'cross' or 'cross+self'"),
+        (dict(control="all"), "control: Input should be 'none', 'swap', 'cross' or 'cross+self'"),
         (dict(reweight={"blue": 20.0}), "the factor of 'blue' must be in [0, 10]"),
     ],
 )
@@ -112,6 +206,7 @@ def test_cli_edit_uses_the_controlled_default_and_refuses_bad_flags(tmp_path, z0
     out = tmp_path / "out.png"
     common = ["edit", str(path), "--device", "cpu", "--no-progress", "--prompt", TARGET, "--output", str(out)]
     assert main(common) == 0 and out.exists()
+    assert main([*common, "--no-restart-removed", "--no-keep-unchanged", "--mask-threshold", "0.6"]) == 0
     capsys.readouterr()
     assert main([*common, "--cross-fraction", "2"]) == 2
     err = capsys.readouterr().err.strip()

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import CLIPTokenizer
 
-from bdia.prompts import align, blend_words, check_words, phrase_noun, word_spans, words
+from bdia.prompts import align, blend_words, check_words, kept_nouns, phrase_noun, word_spans, words
 from bdia.tokenizer import byte_level_tokenizer, byte_vocab
 
 
@@ -76,14 +76,28 @@ def test_refine_aligns_prompts_of_different_lengths(byte_tok):
     assert all(a.alphas[y] == 0 for y in t[2])
     s_eos, t_eos = s[-1].stop, t[-1].stop
     assert a.mapper[s_eos, t_eos] == 1 and a.mapper[s_eos + 1, t_eos + 1] == 1
-    assert blend_words(a.target_words, a.target_changed) == [1, 2]  # blue star (not the articles, not "and")
+    assert blend_words(a.target_words, a.target_changed) == [2]  # star: the noun (not the articles, not "and")
+
+
+def test_deleted_words_are_those_dropped_without_a_replacement(byte_tok):
+    a = align(byte_tok, "a red circle and a blue square on a grey background", "a red circle on a grey background")
+    assert [a.source_words[i] for i in a.source_deleted] == ["and", "a", "blue", "square"]
+    assert blend_words(a.source_words, a.source_deleted) == [6]  # square
+    swap = align(byte_tok, "a red circle", "a blue circle")
+    assert swap.source_deleted == [] and swap.source_changed == [1]
+
+
+def test_kept_nouns_are_those_of_unchanged_phrases():
+    w = words("a red circle and a blue square on a grey background")
+    assert kept_nouns(w, [1]) == [6, 10]  # red changed: square and background are kept
+    assert kept_nouns(w, [9]) == [2, 6]  # a background edit keeps both shapes
 
 
 def test_a_changed_adjective_brings_its_noun():
     w = words("a red circle and a blue square on a grey background")
     assert phrase_noun(w, 1) == 2 and phrase_noun(w, 5) == 6 and phrase_noun(w, 9) == 10
     assert phrase_noun(w, 0) is None
-    assert blend_words(w, [5]) == [5, 6]
+    assert blend_words(w, [5]) == [6]
 
 
 def test_check_words_names_the_missing_word():

@@ -120,6 +120,22 @@ def test_classifier_reads_edits_and_rejects_wrong_scenes():
     assert detect(blank).objects == () and detect(blank).background == "white"
 
 
+def test_an_added_shape_may_appear_anywhere_free_but_not_in_place_of_a_kept_one():
+    from dataclasses import replace
+
+    e = next(e for e in edit_benchmark(40, seed=5) if e.kind == "add")
+    _, new = e.edited_shapes
+    (kept,) = e.kept_shapes
+    elsewhere = replace(new, center=(1 - new.center[0], 1 - new.center[1]))  # captions give no position
+    assert all(math.dist(elsewhere.center, k.center) > extent(k.size) + extent(new.size) for k in e.kept_shapes)
+    assert math.dist(elsewhere.center, new.center) > 0.3
+    assert edit_success(e.source.with_shapes([kept, elsewhere]).render(32), e)
+    assert edit_success(e.target.render(32), e)
+    assert not edit_success(e.source.render(32), e)
+    recoloured = replace(kept, colour=new.colour, kind=new.kind)  # the kept shape turned into the new one
+    assert not edit_success(e.source.with_shapes([recoloured]).render(32), e)
+
+
 def test_micro_training_run_writes_a_diffusers_folder(tmp_path):
     torch = pytest.importorskip("torch")
     pytest.importorskip("diffusers")
