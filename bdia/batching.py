@@ -351,6 +351,18 @@ def drive(
     return lane.result  # type: ignore[return-value]
 
 
+def drive_together(model: DiffusionModel, jobs: Sequence[Job[T]]) -> list[T]:
+    """Run ``jobs`` to their ends side by side (``advance``: one shared network call per step); their results in
+    order, or the first lane's error raised."""
+    lanes = [Lane(job) for job in jobs]
+    while any(lane.live for lane in lanes):
+        advance(model, lanes)
+    for lane in lanes:
+        if lane.error is not None:
+            raise lane.error
+    return [lane.result for lane in lanes]  # type: ignore[misc]
+
+
 def advance(model: DiffusionModel, lanes: Sequence[Lane]) -> None:
     """Start lanes that have not started, then give every pending lane one ε̂ from a shared evaluation.
 
@@ -385,6 +397,7 @@ __all__ = [
     "bind",
     "conditioning",
     "drive",
+    "drive_together",
     "evaluate",
     "guided_eps",
     "plan",

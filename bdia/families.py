@@ -218,6 +218,19 @@ def upcast_vae(vae: Any) -> None:
 
 Family = StableDiffusion
 """The base of every family (SD 1.x/2.x is the plain case)."""
+SDXL_SCHEDULER: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "prediction_type": "epsilon",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+}
+"""stabilityai/stable-diffusion-xl-base-1.0's scheduler config (tiny SDXL pipelines, the GPU benchmark)."""
+
 FAMILIES: tuple[type[StableDiffusion], ...] = (StableDiffusion, StableDiffusionXL, *FLOW_FAMILIES)  # type: ignore[assignment]
 
 
@@ -275,19 +288,7 @@ def tiny_sdxl_pipeline(prediction_type: str = "epsilon", seed: int = 0, *, force
         vae = tiny_vae(scaling_factor=0.13025, force_upcast=True)
         text_encoder = tiny_clip(3, projection_dim=32)
         text_encoder_2 = tiny_clip(3, projection_dim=32, with_projection=True)
-    scheduler = EulerDiscreteScheduler.from_config(
-        {
-            "num_train_timesteps": 1000,
-            "beta_start": 0.00085,
-            "beta_end": 0.012,
-            "beta_schedule": "scaled_linear",
-            "steps_offset": 1,
-            "timestep_spacing": "leading",
-            "prediction_type": prediction_type,
-            "clip_sample": False,
-            "set_alpha_to_one": False,
-        }
-    )
+    scheduler = EulerDiscreteScheduler.from_config({**SDXL_SCHEDULER, "prediction_type": prediction_type})
     return StableDiffusionXLPipeline(
         vae=vae,
         text_encoder=text_encoder,

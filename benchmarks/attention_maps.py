@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 import bdia
 from bdia import attention, imaging
-from bdia.batching import Lane, Layout, advance
+from bdia.batching import Layout, drive_together
 from bdia.ops import inverting, regenerating
 from bdia.params import EditParams, InversionParams
 from bdia.prompts import align, phrase_noun, tokens_of
@@ -85,11 +85,13 @@ def run(n: int, model_name: str, steps: int | None = None) -> dict:
         nouns = sorted({j for i in a.source_changed if (j := phrase_noun(a.source_words, i)) is not None})
         others = [i for i in a.source_changed if i not in nouns and phrase_noun(a.source_words, i) in nouns]
         words.append((tokens_of(a.source_spans, nouns), tokens_of(a.source_spans, others)))
-    inversions = _drive(model, jobs)
+    inversions = drive_together(model, jobs)
     log: dict[int, list] = {}
     edit = EditParams(control="none", mask_mode="attention", restart_removed=False)  # the model's own maps
     with traced(log):
-        _drive(model, [regenerating(model, inv, e.prompt, edit=edit) for inv, e in zip(inversions, edits, strict=True)])
+        drive_together(
+            model, [regenerating(model, inv, e.prompt, edit=edit) for inv, e in zip(inversions, edits, strict=True)]
+        )
     controls = list(log)  # one control per job, first seen in the jobs' order (the first call runs them all)
     scores: dict[tuple[str, str, int, int], list[float]] = {}
     for key, e, (nouns, others) in zip(controls, edits, words, strict=True):
@@ -100,13 +102,6 @@ def run(n: int, model_name: str, steps: int | None = None) -> dict:
                     m = probs[:, tokens].sum(-1).reshape(size)
                     scores.setdefault((e.kind, group, size[0], step), []).append(iou_at_area(m, truth))
     return {"edits": len(edits), "steps": defaults["steps"], "scores": scores}
-
-
-def _drive(model, jobs):
-    lanes = [Lane(job) for job in jobs]
-    while any(lane.live for lane in lanes):
-        advance(model, lanes)
-    return [lane.result for lane in lanes]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,7 +9,7 @@ target caption (the edit, whose ground truth the generator renders). Methods: th
 inversion, EDICT, BDIA exact as before), Prompt-to-Prompt with blending on DDIM inversion, and the
 controlled exact edit (``bdia.editing``: the default), with ablations of its control, mask and γ.
 The work is the engine's own: every scene is an ``inverting`` job, then ``regenerating``
-jobs (``bdia.ops``), and the B scenes of a chunk run side by side (``bdia.batching.advance``), scene
+jobs (``bdia.ops``), and the B scenes of a chunk run side by side (``bdia.batching.drive_together``), scene
 b in ``Layout(B, b)``, so one network call per step serves the whole chunk in diffusers'
 [uncond×B, cond×B] layout. A regeneration keeps its inversion's layout, so BDIA exact round trips
 stay bit-exact (checked: the run fails otherwise).
@@ -26,7 +26,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the top-level shapes folder
 
@@ -35,7 +34,7 @@ import torch
 
 import bdia
 from bdia import imaging
-from bdia.batching import Job, Lane, Layout, advance, drive
+from bdia.batching import Layout, drive_together
 from bdia.inversion import Inversion
 from bdia.models import DiffusionModel
 from bdia.ops import Regeneration, inverting, regenerating, sampling
@@ -56,7 +55,6 @@ from shapes.scenes import Scene, extent, grow
 from shapes.train import CHECK_STREAM
 
 Tensor = torch.Tensor
-T = TypeVar("T")
 
 BDIA_EXACT = dict(method="bdia", exact=True)
 PLAIN = dict(control="none", mask_mode="none")
@@ -104,20 +102,6 @@ MASK_DILATE = 2  # pixels the edit region grows by, for the mask and the backgro
 # --- the engine's jobs, side by side ---------------------------------------------------------------
 
 
-def run_jobs(model: DiffusionModel, jobs: Sequence[Job[T]]) -> list[T]:
-    """Every job's result: jobs side by side (``advance`` shares one network call among the jobs of one
-    batch size in distinct slots), or a lone job with ``drive``."""
-    if len(jobs) == 1:
-        return [drive(model, jobs[0])]
-    lanes = [Lane(job) for job in jobs]
-    while any(lane.live for lane in lanes):
-        advance(model, lanes)
-    for lane in lanes:
-        if lane.error is not None:
-            raise lane.error
-    return [lane.result for lane in lanes]  # type: ignore[misc]
-
-
 @dataclass
 class Inverted:
     """B scenes inverted side by side under one method, and the wall time that took."""
@@ -150,7 +134,7 @@ class Engine:
             inverting(self.model, z, p, keep_trajectory=p.method == "bdia", layout=Layout(batch, b))
             for b, (z, p) in enumerate(zip(z0, params, strict=True))
         ]
-        return Inverted(run_jobs(self.model, jobs), time.perf_counter() - started)
+        return Inverted(drive_together(self.model, jobs), time.perf_counter() - started)
 
     def regenerate(
         self,
@@ -168,7 +152,7 @@ class Engine:
             regenerating(self.model, inv, prompt, mask=mask, gamma=gamma, edit=edit)
             for inv, prompt, mask in zip(inverted.inversions, prompts, masks, strict=True)
         ]
-        return run_jobs(self.model, jobs), time.perf_counter() - started
+        return drive_together(self.model, jobs), time.perf_counter() - started
 
     def sample(self, prompts: Sequence[str], seeds: Sequence[int]) -> list[np.ndarray]:
         """Samples of ``prompts`` from the engine's noise of ``seeds`` at the model's sampling defaults."""
@@ -177,7 +161,7 @@ class Engine:
             sampling(self.model, prompt, seed=seed, layout=Layout(batch, b))
             for b, (prompt, seed) in enumerate(zip(prompts, seeds, strict=True))
         ]
-        return [np.asarray(s.image) for s in run_jobs(self.model, jobs)]
+        return [np.asarray(s.image) for s in drive_together(self.model, jobs)]
 
 
 # --- metrics ---------------------------------------------------------------------------------------
@@ -211,13 +195,11 @@ def mean(values: Sequence[float]) -> float:
 # --- the benchmark ---------------------------------------------------------------------------------
 
 
-def edit_region(image: np.ndarray, edit: Edit, resolution: int, dilate: int) -> np.ndarray:
+def edit_region(image: np.ndarray, edit: Edit, resolution: int) -> np.ndarray:
     """Where the edit may change ``image``'s pixels: the ground truth's region, except for an added shape, which
     may appear anywhere (``added_object``): there the region is where it did appear (the ground truth's if not)."""
     added = added_object(image, edit) if edit.kind == "add" else None
-    if added is None:
-        return edit.region(resolution, dilate)
-    return grow(added.mask > 0, dilate)
+    return edit.region(resolution, 0) if added is None else added.mask > 0
 
 
 def success(image: np.ndarray, edit: Edit) -> bool:
@@ -267,8 +249,8 @@ def evaluate(
                 inv, [e.prompt for e in chunk], oracle if method.oracle else None, method.gamma, edit
             )
             results = [np.asarray(r.image) for r in edited]
-            regions = [edit_region(r, e, res, MASK_DILATE) for r, e in zip(results, chunk, strict=True)]
-            truths = [edit_region(r, e, res, 0) for r, e in zip(results, chunk, strict=True)]
+            truths = [edit_region(r, e, res) for r, e in zip(results, chunk, strict=True)]
+            regions = [grow(t, MASK_DILATE) for t in truths]
             for r, z, e, truth, region in zip(edited, z0, chunk, truths, regions, strict=True):
                 local = e.kind in EDIT_KINDS
                 if r.mask is None:

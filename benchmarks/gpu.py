@@ -53,6 +53,7 @@ import torch
 import bdia
 from bdia import imaging, numerics
 from bdia.batching import Job, Lane, Layout, Request, advance, conditioning, evaluate
+from bdia.families import SDXL_SCHEDULER
 from bdia.inversion import Inversion
 from bdia.models import SD15_SCHEDULER, DiffusionModel, _assemble
 from bdia.ops import inverting, regenerating
@@ -85,17 +86,6 @@ SDXL_UNET: dict[str, Any] = {
     "norm_num_groups": 32,
 }
 """stabilityai/stable-diffusion-xl-base-1.0's unet/config.json (the keys that differ from diffusers' defaults)."""
-SDXL_SCHEDULER: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "steps_offset": 1,
-    "timestep_spacing": "leading",
-    "prediction_type": "epsilon",
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-}
 
 
 def _text_config(hidden: int, layers: int, heads: int, act: str, projection: int) -> Any:

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 import bdia
-from bdia.batching import Lane, Layout, advance
+from bdia.batching import Layout, drive_together
 from bdia.models import DiffusionModel
 from bdia.ops import sampling
 from shapes.classifier import _BACKGROUND_PALETTE, _background, _grow, compare
@@ -105,16 +105,11 @@ def sample_images(
 ) -> list[np.ndarray]:
     """The engine's samples of ``prompts`` (seed b for prompt b), side by side in ``Layout(B, b)``."""
     batch = len(prompts)
-    lanes = [
-        Lane(sampling(model, p, seed=s, steps=steps, gamma=gamma, guidance_scale=guidance, layout=Layout(batch, b)))
+    jobs = [
+        sampling(model, p, seed=s, steps=steps, gamma=gamma, guidance_scale=guidance, layout=Layout(batch, b))
         for b, (p, s) in enumerate(zip(prompts, seeds, strict=True))
     ]
-    while any(lane.live for lane in lanes):
-        advance(model, lanes)
-    for lane in lanes:
-        if lane.error is not None:
-            raise lane.error
-    return [np.asarray(lane.result.image) for lane in lanes]
+    return [np.asarray(sample.image) for sample in drive_together(model, jobs)]
 
 
 @dataclasses.dataclass(frozen=True)
