@@ -134,6 +134,7 @@ class EditFormIn(WebhookFields, InversionParamsIn):
     mask_threshold: float | None = optional(_described("mask_threshold"), gt=0, lt=1)
     keep_unchanged: bool | None = optional(_described("keep_unchanged"))
     restart_removed: bool | None = optional(_described("restart_removed"))
+    unchanged_tolerance: int | None = optional(_described("unchanged_tolerance"), ge=0, le=255)
 
 
 class EditForm(EditFormIn):

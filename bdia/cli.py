@@ -205,6 +205,7 @@ def _edit_params(args: argparse.Namespace):
         "mask_threshold": args.mask_threshold,
         "keep_unchanged": False if args.no_keep_unchanged else None,
         "restart_removed": False if args.no_restart_removed else None,
+        "unchanged_tolerance": args.unchanged_tolerance,
     }
     if args.reweight:
         reweight = {}
@@ -436,6 +437,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-restart-removed",
         action="store_true",
         help="do not regenerate a deleted phrase's region from fresh noise (it then starts from the inversion)",
+    )
+    p.add_argument(
+        "--unchanged-tolerance",
+        type=int,
+        default=None,
+        metavar="LEVELS",
+        help="pixels of the mask the edit changed by at most this much (0-255) keep the source's value (default: 12)",
     )
     p.add_argument("--output", required=True, help="PNG to write")
     p.add_argument(

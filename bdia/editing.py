@@ -122,10 +122,11 @@ class Blender:
             m = self.control.attention_map()
             if m is not None:
                 mask = attention_mask(m, self.threshold)
+                local = localised(mask)  # decided before the kept objects are cut out: a background stays global
                 for k in self.control.kept_maps():  # pixels a kept object's noun holds more than the edit's
                     if localised(k > otsu_threshold(k)):
                         mask &= ~(k > m)
-                if self.mode == "attention" or localised(mask):
+                if self.mode == "attention" or local:
                     self.source = "attention"
                     return mask
                 self.source = "global"  # the changed phrases cover most of the image (a background, a style)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 from .errors import InvalidImage, InvalidParameter
 from .models import DiffusionModel
@@ -141,6 +141,27 @@ def paste_outside(edited: Image.Image, source: Image.Image, mask: Image.Image) -
     return Image.composite(
         edited.convert("RGB"), source.convert("RGB"), mask.convert("L").point(lambda v: 255 if v else 0)
     )
+
+
+#: Changed pixels with at most this many changed pixels in their 5 × 5 window (themselves included) are specks.
+SPECK = 4
+
+
+def changed_within(edited: Image.Image, source: Image.Image, mask: Image.Image, tolerance: int) -> Image.Image:
+    """The part of ``mask`` where ``edited`` differs from ``source``: the pixels some channel of which moved by
+    more than ``tolerance`` levels (0–255), less isolated specks (``SPECK``), with holes and gaps of a pixel
+    closed (a 3 × 3 closing) and kept within ``mask``. ``tolerance`` 0 returns ``mask`` itself."""
+    if tolerance <= 0:
+        return mask
+    inside = np.asarray(mask.convert("L")) > 0
+    diff = np.abs(np.asarray(edited.convert("RGB"), np.int16) - np.asarray(source.convert("RGB"), np.int16))
+    changed = (diff.max(-1) > tolerance) & inside
+    window = np.pad(changed.astype(np.int32), 2).cumsum(0).cumsum(1)
+    window = np.pad(window, ((1, 0), (1, 0)))
+    counts = window[5:, 5:] - window[:-5, 5:] - window[5:, :-5] + window[:-5, :-5]  # changed pixels per 5 × 5
+    core = Image.fromarray((changed & (counts > SPECK)).astype(np.uint8) * 255, "L")
+    closed = np.asarray(core.filter(ImageFilter.MaxFilter(3)).filter(ImageFilter.MinFilter(3))) > 0
+    return Image.fromarray((closed & inside).astype(np.uint8) * 255, "L")
 
 
 def covered(mask: Image.Image) -> float:

@@ -56,7 +56,7 @@ class Regeneration:
     ``image`` has the source image's size when the inversion holds the source (``Inversion.source``):
     the source itself when the latent came back bit for bit, else the decoded ``working_image``
     resized to it, with the source's own pixels (bit for bit) outside ``mask_image``. An inversion
-    without a source gives the working image, as before.
+    without a source gives the working image, with the source latent's decoding outside ``mask_image``.
     """
 
     z0: torch.Tensor
@@ -74,7 +74,8 @@ class Regeneration:
     mask_fraction: float | None = None
     """The fraction of ``image``'s pixels ``mask_image`` covers (None without a mask)."""
     mask_image: Image.Image | None = None
-    """``mask`` at ``image``'s size, dilated (``imaging.mask_image``): white = may differ from the source."""
+    """The pixels of ``mask`` (at ``image``'s size, dilated: ``imaging.mask_image``) that the edit changed by more
+    than ``EditParams.unchanged_tolerance``: white = differs from the source, black = the source's own pixel."""
     psnr: float | None = None
     """PSNR (dB) of ``image`` against the source at its size (inf: identical; None without a source)."""
     working_psnr: float | None = None
@@ -414,6 +415,7 @@ def regenerating(
         params.negative_prompt if negative_prompt is None else negative_prompt,
     )
     mask_tensor = None if mask is None else _inversion_mask(mask, model, inversion, image_size)
+    global_edit = False
     total = nfe(params.method, params.levels, "sample")
     plan = _edit_plan(model, inversion, grid, given, mask_tensor, gamma)
     if plan is None:  # a reconstruction, or an edit without control or blending: the plain walk
@@ -425,7 +427,7 @@ def regenerating(
         gamma, total = plan.gamma, total + plan.extra_calls
         controlled = _with_source(model, cond, params, plan)
         z0 = yield from bind(plan.walk, controlled, layout, total=total, stage="regenerate", plain=cond)
-        mask_tensor = plan.blender.mask
+        mask_tensor, global_edit = plan.blender.mask, plan.blender.source == "global"
     fingerprint = layout_fingerprint(model, layout)
     match = numerics.fingerprint_id(fingerprint) == inversion.fingerprint_id
     error = float((z0.double() - inversion.lattice.decode(inversion.z0).double()).abs().max())
@@ -437,7 +439,15 @@ def regenerating(
         fingerprint=fingerprint,
         fingerprint_match=match,
         exact=params.fixed_point and match and (gamma is None or gamma == params.gamma),
-        **_result_images(model, inversion, z0, mask_tensor, unchanged=error == 0.0),
+        **_result_images(
+            model,
+            inversion,
+            z0,
+            mask_tensor,
+            unchanged=error == 0.0,
+            tolerance=given.unchanged_tolerance,
+            whole=global_edit,
+        ),
     )
 
 
@@ -510,32 +520,44 @@ def _inversion_mask(
 
 
 def _result_images(
-    model: DiffusionModel, inversion: Inversion, z0: torch.Tensor, mask: torch.Tensor | None, *, unchanged: bool
+    model: DiffusionModel,
+    inversion: Inversion,
+    z0: torch.Tensor,
+    mask: torch.Tensor | None,
+    *,
+    unchanged: bool,
+    tolerance: int = 0,
+    whole: bool = False,
 ) -> dict[str, Any]:
     """A regeneration's images (``Regeneration``'s image fields) from its latent ``z0`` and the mask it used.
 
     With the inversion's source: an ``unchanged`` latent (bit for bit the source's) gives the source
-    itself; anything else is the decoded working image resized to the source's size, with the
-    source's own pixels pasted back outside the (upsampled, dilated) mask. Without a source: the
-    working image, as before.
+    itself; anything else is the decoded working image resized to the source's size. Without a source
+    the reference is the source latent's own decoding, at the working size. Where there is a mask, the
+    reference's pixels are pasted back outside it (upsampled and dilated), and inside it wherever the
+    edit changed a pixel by at most ``tolerance`` levels (``imaging.changed_within``): ``mask_image``
+    shows the pixels that differ from the reference. A ``whole`` (global) edit has the whole image as
+    its mask there.
     """
     working = imaging.decode(model, z0)
     source = inversion.source_image()
-    drawn = None if mask is None else imaging.mask_image(mask, working.size if source is None else source.size)
-    fields: dict[str, Any] = {
-        "working_image": working,
-        "mask": mask,
-        "mask_image": drawn,
-        "mask_fraction": None if drawn is None else imaging.covered(drawn),
-    }
-    if source is None:
-        return {**fields, "image": working}
-    if unchanged:
-        image = source
+    fields: dict[str, Any] = {"working_image": working, "mask": mask, "mask_image": None, "mask_fraction": None}
+    image = working if source is None else source if unchanged else imaging.resize(working, source.size)
+    if mask is not None:
+        region = imaging.mask_image(mask, image.size)
+    elif whole and tolerance > 0:
+        region = Image.new("L", image.size, 255)
     else:
-        image = imaging.resize(working, source.size)
-        if drawn is not None:
-            image = imaging.paste_outside(image, source, drawn)
+        region = None
+    if region is not None:
+        reference = source
+        if reference is None:
+            reference = imaging.decode(model, inversion.lattice.decode(inversion.z0).to(z0))
+        drawn = imaging.changed_within(image, reference, region, tolerance)
+        image = imaging.paste_outside(image, reference, drawn)
+        fields.update(mask_image=drawn, mask_fraction=imaging.covered(drawn))
+    if source is None:
+        return {**fields, "image": image}
     fields["psnr"] = imaging.psnr(image, source)
     fields["working_psnr"] = imaging.psnr(working, imaging.resize(source, working.size))
     return {**fields, "image": image}

@@ -207,7 +207,15 @@ class EditParams(Params):
     keep_unchanged: bool = Field(
         True,
         description="the automatic mask leaves out the objects of the phrases the edit does not change (where "
-        "their noun's attention outweighs the changed nouns'); a global edit then blends everything but them",
+        "their noun's attention outweighs the changed nouns'); whether an edit is global is decided before",
+    )
+    unchanged_tolerance: int = Field(
+        12,
+        ge=0,
+        le=255,
+        description="inside the edit mask, pixels the edit changed by at most this many levels (0–255, every "
+        "channel) keep the source's own value, and the reported mask shrinks to the pixels that differ; a global "
+        "edit is settled over the whole image (measured: docs/benchmarks.md); 0 keeps every regenerated pixel",
     )
     restart_removed: bool = Field(
         True,
@@ -243,6 +251,7 @@ EDIT_CONTROL_FIELDS: tuple[str, ...] = (
     "mask_threshold",
     "keep_unchanged",
     "restart_removed",
+    "unchanged_tolerance",
 )
 """``EditParams`` fields that shape a controlled edit (what an edit job carries besides prompt, guidance, γ)."""
 

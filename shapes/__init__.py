@@ -4,7 +4,16 @@
 ``classifier`` recognises the objects of an image; ``train`` trains the default ``shapes`` model.
 """
 
-from .classifier import DetectedObject, Detection, added_object, compare, detect, edit_success, validate
+from .classifier import (
+    DetectedObject,
+    Detection,
+    added_object,
+    compare,
+    detect,
+    edit_success,
+    edited_object,
+    validate,
+)
 from .scenes import (
     BACKGROUNDS,
     COLOURS,
@@ -37,6 +46,7 @@ __all__ = [
     "edit_benchmark",
     "edit_scene",
     "edit_success",
+    "edited_object",
     "random_scene",
     "scene_rng",
     "validate",

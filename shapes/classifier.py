@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -222,20 +223,31 @@ def added_object(image: np.ndarray | object, edit: Edit) -> DetectedObject | Non
     return None
 
 
+def edited_object(image: np.ndarray | object, edit: Edit) -> DetectedObject | None:
+    """The object ``image`` drew for the edited shape: for ``"add"`` the ``added_object``; for colour and kind
+    edits the object nearest the shape's place (within its extent, as ``edit_success`` judges it), whatever its
+    size, which captions do not carry; None for remove and background edits, or where there is none."""
+    if edit.kind == "add":
+        return added_object(image, edit)
+    before, after = edit.edited_shapes
+    return None if before is None or after is None else _nearest(detect(image).objects, after)
+
+
+def _nearest(objects: Sequence[DetectedObject], shape: Shape) -> DetectedObject | None:
+    near = [o for o in objects if math.dist(o.center, shape.center) <= extent(shape.size)]
+    return min(near, key=lambda o: math.dist(o.center, shape.center)) if near else None
+
+
 def edit_success(image: np.ndarray | object, edit: Edit) -> bool:
     """Whether ``image`` shows the edit: an object with the target's colour and kind where the edited shape
     is (for ``"remove"``: no object there; for ``"add"``: a new such object anywhere, ``added_object``)."""
     if edit.kind == "add":
         return added_object(image, edit) is not None
     before, after = edit.edited_shapes
-    anchor = after or before
-    near = [o for o in detect(image).objects if math.dist(o.center, anchor.center) <= extent(anchor.size)]
+    found = _nearest(detect(image).objects, after or before)
     if after is None:
-        return not near
-    if not near:
-        return False
-    found = min(near, key=lambda o: math.dist(o.center, anchor.center))
-    return found.colour == after.colour and found.kind == after.kind
+        return found is None
+    return found is not None and found.colour == after.colour and found.kind == after.kind
 
 
 def validate(n: int = 500, seed: int = 0, resolution: int = 32, stream: int = 7) -> dict:

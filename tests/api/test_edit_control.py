@@ -29,6 +29,7 @@ def test_bad_control_values_are_problems(api, prefix: str, redis_client: redis.R
         ({"control": "everything"}, "control"),
         ({"mask_mode": "magic"}, "mask_mode"),
         ({"reweight": {"blue": 11}}, "reweight"),
+        ({"unchanged_tolerance": 300}, "unchanged_tolerance"),
     ]:
         body = assert_problem(client.post("/v1/edits", json={**edit, **extra}), 422, "invalid_parameter")
         assert body["errors"][0]["loc"][:2] == ["body", field]
@@ -74,10 +75,11 @@ def test_the_upload_form_takes_the_control_fields(api, prefix: str, redis_client
         "blend_words": ["red", "circle"],
         "restart_removed": "false",
         "keep_unchanged": "false",
+        "unchanged_tolerance": "4",
     }
     job = client.post("/v1/edits/upload", files=files, data={**form, **given})
     assert job.status_code == 202, job.text
     params = json.loads(redis_client.hget(Keys(prefix).job(job.json()["id"]), "params"))
     assert params["control"] == "none" and params["mask_mode"] == "noise" and params["cross_fraction"] == 0.5
     assert params["blend_words"] == ["red", "circle"] and params["restart_removed"] is False
-    assert params["keep_unchanged"] is False
+    assert params["keep_unchanged"] is False and params["unchanged_tolerance"] == 4

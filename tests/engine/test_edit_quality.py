@@ -65,6 +65,12 @@ def test_table_has_every_method(bench, report):
     assert report["cost"]["edits"] == 1 and report["cost"]["ratio"] > 0 and "Cost, 1 edits" in report["markdown"]
 
 
+def test_edit_kinds_can_be_chosen(bench):
+    with pytest.raises(SystemExit) as info:
+        bench.main(["--model", MODEL, "--n", "1", "--kinds", "colour,recolour"], echo=lambda _: None)
+    assert info.value.code == 2
+
+
 def test_exact_reconstruction_is_bit_exact(report):
     exact = report["methods"]["BDIA exact (plain)"]  # the first row of the exact inversion
     assert exact["latent_error"] == 0.0

@@ -3,13 +3,15 @@ untouched, and one-line errors for bad control parameters (engine and CLI)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 import bdia
+from bdia import imaging
 from bdia.batching import Lane, Layout, advance, drive
 from bdia.cli import main
-from bdia.editing import Blender, Removal, dilate, fresh_state, otsu_threshold
+from bdia.editing import Blender, Removal, attention_mask, dilate, fresh_state, localised, otsu_threshold
 from bdia.grid import LevelGrid
 from bdia.ops import invert_latent, regenerate, regenerating
 from bdia.params import EditParams, InversionParams
@@ -45,6 +47,41 @@ def test_controlled_edit_keeps_the_source_outside_its_mask(tiny_model, z0):
     # Blending off: the whole latent may change, and no mask is reported.
     free = regenerate(tiny_model, inv, TARGET, edit=EditParams(mask_mode="none"))
     assert free.mask is None and not torch.equal(free.z0, result.z0)
+
+
+def test_pixels_the_edit_barely_changed_keep_the_source(tiny_model, z0):
+    """Inside the latent mask, pixels within ``unchanged_tolerance`` of the source are the source's own, and the
+    reported mask shrinks to the pixels that changed (``imaging.changed_within``); outside it: the source."""
+    inv = inversion(tiny_model, z0)
+    source = np.asarray(imaging.decode(tiny_model, inv.lattice.decode(inv.z0)), np.int16)
+    whole = regenerate(tiny_model, inv, TARGET, edit=NOISE_MASK.model_copy(update={"unchanged_tolerance": 0}))
+    edited, full = np.asarray(whole.image, np.int16), np.asarray(whole.mask_image) > 0
+    moved = np.abs(edited - source).max(-1)
+    tol = int(np.percentile(moved[full], 50))
+    settled = regenerate(tiny_model, inv, TARGET, edit=NOISE_MASK.model_copy(update={"unchanged_tolerance": tol}))
+    assert torch.equal(settled.z0, whole.z0) and torch.equal(settled.mask, whole.mask)  # the same edit
+    image, mask = np.asarray(settled.image, np.int16), np.asarray(settled.mask_image) > 0
+    assert (mask <= full).all() and 0 < mask.sum() < full.sum() and settled.mask_fraction < whole.mask_fraction
+    assert (image[~mask] == source[~mask]).all()  # outside the reported mask: the source's own pixels
+    assert (image[mask] == edited[mask]).all()  # inside it: the edit's
+    changed = (moved > tol) & full
+    assert mask[changed].mean() > 0.9  # what moved stays changed, but for isolated specks
+
+
+def test_a_global_edit_keeps_the_pixels_it_did_not_change(tiny_model, z0):
+    """The random model's attention covers the whole image: the automatic mask makes the edit global (no latent
+    mask), and the pixels it moved by at most the tolerance are still the source's own."""
+    inv = inversion(tiny_model, z0)
+    source = np.asarray(imaging.decode(tiny_model, inv.lattice.decode(inv.z0)), np.int16)
+    raw = regenerate(tiny_model, inv, TARGET, edit=EditParams(unchanged_tolerance=0))
+    assert raw.mask is None and raw.mask_image is None  # global, and nothing settled
+    moved = np.abs(np.asarray(raw.image, np.int16) - source).max(-1)
+    tol = int(np.percentile(moved, 50))
+    settled = regenerate(tiny_model, inv, TARGET, edit=EditParams(unchanged_tolerance=tol))
+    assert settled.mask is None and torch.equal(settled.z0, raw.z0)
+    image, changed = np.asarray(settled.image, np.int16), np.asarray(settled.mask_image) > 0
+    assert 0 < changed.mean() < 1 and settled.mask_fraction == pytest.approx(changed.mean())
+    assert (image[~changed] == source[~changed]).all() and (image[changed] == np.asarray(raw.image)[changed]).all()
 
 
 def test_control_changes_the_edit(tiny_model, z0):
@@ -137,6 +174,15 @@ def test_the_mask_leaves_out_what_a_kept_phrase_holds():
     background = 1 - edited  # a global edit (the background): not blended (coarse maps would leave halos)
     blender = Blender(FixedMap(background, [kept]), "auto", None, lambda level: None)
     assert blender.current() is None and blender.source == "global"
+    # Global is decided before the kept objects are cut out: a background around a large kept object stays global.
+    background[..., 10:16, :] = 0.7
+    large = torch.zeros(1, 1, 16, 16)
+    large[..., 10:16, :] = 1.0
+    assert not localised(attention_mask(background, None)) and localised(
+        attention_mask(background, None) & ~(large > background)
+    )
+    blender = Blender(FixedMap(background, [large]), "auto", None, lambda level: None)
+    assert blender.current() is None and blender.source == "global"
 
 
 def test_the_reported_mask_is_the_one_the_last_step_used():
@@ -183,6 +229,7 @@ def test_ddim_inversions_get_prompt_to_prompt_with_a_regenerated_source(tiny_mod
         (dict(self_fraction=-0.1), "self_fraction: Input should be greater than or equal to 0"),
         (dict(control="all"), "control: Input should be 'none', 'swap', 'cross' or 'cross+self'"),
         (dict(reweight={"blue": 20.0}), "the factor of 'blue' must be in [0, 10]"),
+        (dict(unchanged_tolerance=256), "unchanged_tolerance: Input should be less than or equal to 255"),
     ],
 )
 def test_bad_control_parameters_are_one_line_errors(fields, message):
@@ -211,6 +258,9 @@ def test_cli_edit_uses_the_controlled_default_and_refuses_bad_flags(tmp_path, z0
     assert main([*common, "--cross-fraction", "2"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "cross_fraction" in err
+    assert main([*common, "--unchanged-tolerance", "-1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unchanged_tolerance" in err
     assert main([*common, "--blend", "star"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "'star'" in err

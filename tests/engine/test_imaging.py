@@ -12,7 +12,7 @@ from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
 
 from bdia.errors import InvalidImage, InvalidParameter
-from bdia.imaging import decode, encode, fit_to_model, load_image, psnr, to_image, to_tensor
+from bdia.imaging import changed_within, decode, encode, fit_to_model, load_image, psnr, to_image, to_tensor
 from bdia.models import load_model
 
 
@@ -151,3 +151,20 @@ def test_sixteen_bit_greyscale_is_scaled_not_clipped():
     pixels = np.asarray(load_image(data.getvalue()))[..., 0]
     assert pixels.min() == 0 and pixels.max() == 255
     assert 100 < pixels.mean() < 155  # clipping at 255 would put the mean near 255
+
+
+def test_changed_within_keeps_what_moved_beyond_the_tolerance_closes_holes_and_drops_specks():
+    source = Image.new("RGB", (12, 12), (100, 100, 100))
+    edited = np.asarray(source).copy()
+    edited[2:6, 2:6] = (100, 220, 100)  # an edited object (one channel moved)
+    edited[3, 3] = 105  # a pixel of it within the tolerance: a hole, closed
+    edited[9, 9:11] = 200  # a speck of two pixels
+    edited[0, 0] = 112  # within the tolerance
+    edited[1, 11] = 160  # outside the mask
+    mask = np.full((12, 12), 255, np.uint8)
+    mask[:, 11] = 0
+    found = np.asarray(changed_within(Image.fromarray(edited), source, Image.fromarray(mask, "L"), 12)) > 0
+    expected = np.zeros((12, 12), bool)
+    expected[2:6, 2:6] = True  # the object, hole closed
+    assert (found == expected).all()
+    assert changed_within(Image.fromarray(edited), source, Image.fromarray(mask, "L"), 0).tobytes() == mask.tobytes()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from shapes import BACKGROUNDS, COLOURS, KINDS, edit_benchmark, edit_scene, random_scene, scene_rng, validate
-from shapes.classifier import compare, detect, edit_success
+from shapes.classifier import compare, detect, edit_success, edited_object
 from shapes.scenes import GAP, MARGIN, Scene, Shape, extent, render_batch
 
 
@@ -134,6 +134,23 @@ def test_an_added_shape_may_appear_anywhere_free_but_not_in_place_of_a_kept_one(
     assert not edit_success(e.source.render(32), e)
     recoloured = replace(kept, colour=new.colour, kind=new.kind)  # the kept shape turned into the new one
     assert not edit_success(e.source.with_shapes([recoloured]).render(32), e)
+
+
+def test_the_edited_object_is_found_whatever_its_size():
+    """A colour or kind edit may draw its object at another size (captions carry none): ``edited_object`` finds it
+    where the edited shape is, so the benchmark counts its pixels as the edit's, not as background."""
+    from dataclasses import replace
+
+    e = next(e for e in edit_benchmark(40, seed=5) if e.kind == "kind")
+    before, after = e.edited_shapes
+    larger = replace(after, size=after.size * 1.3)
+    image = e.source.with_shapes([larger if s is before else s for s in e.source.shapes]).render(32)
+    found = edited_object(image, e)
+    assert found is not None and found.kind == after.kind and found.colour == after.colour
+    assert (found.mask > 0).sum() > (Scene((after,)).masks(32)[0] > 0).sum()  # the drawn object, not the truth's
+    assert edited_object(e.source.render(32), e).kind == before.kind  # unedited: the shape that is there
+    removal = next(e for e in edit_benchmark(40, seed=5) if e.kind == "remove")
+    assert edited_object(removal.target.render(32), removal) is None
 
 
 def test_micro_training_run_writes_a_diffusers_folder(tmp_path):
