@@ -90,6 +90,27 @@ def localised(mask: Tensor) -> bool:
     return float(mask.float().mean()) <= LOCALISED
 
 
+def without_kept(mask: Tensor, m: Tensor, control: AttentionControl, threshold: float | None) -> Tensor:
+    """The edit mask ``mask`` (of the blend words' map ``m``) less the objects the edit keeps.
+
+    A kept object is its noun's map above Otsu's level, where that is local. An edit that draws a new object
+    (blend words read from the target row) must not draw it over a kept one: the kept objects, dilated by one,
+    leave whole, and the mask is made again from ``m`` over the rest (the new noun's attention sits on the
+    existing objects at first: docs/editing.md). An edit of existing objects loses the pixels a kept noun's map
+    holds more than ``m``."""
+    kept = [k for k in control.kept_maps() if localised(k > otsu_threshold(k))]
+    if not kept:
+        return mask
+    if not control.target_tokens:
+        for k in kept:
+            mask = mask & ~(k > m)
+        return mask
+    objects = dilate(torch.stack([k > otsu_threshold(k) for k in kept]).any(0))
+    rest = torch.where(objects, torch.zeros_like(m), m)
+    rest = (rest - rest.amin()) / (rest.amax() - rest.amin()).clamp_min(1e-12)
+    return attention_mask(rest, threshold) & ~objects
+
+
 @dataclass
 class Blender:
     """Chooses the edit mask after every step and keeps the target on the source outside it."""
@@ -123,9 +144,7 @@ class Blender:
             if m is not None:
                 mask = attention_mask(m, self.threshold)
                 local = localised(mask)  # decided before the kept objects are cut out: a background stays global
-                for k in self.control.kept_maps():  # pixels a kept object's noun holds more than the edit's
-                    if localised(k > otsu_threshold(k)):
-                        mask &= ~(k > m)
+                mask = without_kept(mask, m, self.control, self.threshold)
                 if self.mode == "attention" or local:
                     self.source = "attention"
                     return mask
@@ -315,9 +334,12 @@ def edit_walk(
     control_mode = edit.control
     steps = levels - 1 if params.method == "bdia" else levels
     alphas = alignment.alphas
-    if control_mode == "swap":  # only the swapped words take their source counterparts' attention
+    if control_mode == "swap":
+        # The swapped words and the kept phrases' nouns take their source counterparts' attention: a kept noun
+        # then points at its own object, so a region the edit regenerates does not draw that object again.
         swapped = torch.zeros_like(alphas)
-        swapped[tokens_of(alignment.target_spans, alignment.target_changed)] = 1.0
+        kept_targets = kept_nouns(alignment.target_words, alignment.target_changed)
+        swapped[tokens_of(alignment.target_spans, alignment.target_changed + kept_targets)] = 1.0
         alphas = alphas * swapped
     control = AttentionControl(
         mapper=alignment.mapper,
@@ -401,4 +423,5 @@ __all__ = [
     "fresh_state",
     "otsu_threshold",
     "target_lattice",
+    "without_kept",
 ]

@@ -176,8 +176,8 @@ class EditParams(Params):
     control: EditControl = Field(
         "cross",
         description="attention control from the exact source branch (Prompt-to-Prompt): none, swap (cross-attention "
-        "injection for the swapped words only), cross (for every word with a source counterpart) or cross+self "
-        "(and self-attention injection)",
+        "injection for the swapped words and the kept phrases' nouns), cross (for every word with a source "
+        "counterpart) or cross+self (and self-attention injection)",
     )
     cross_fraction: float = Field(
         0.8, ge=0, le=1, description="share of the steps with cross-attention injection (swap and cross)"

@@ -8,13 +8,14 @@ import pytest
 import torch
 
 import bdia
-from bdia import imaging
+from bdia import editing, imaging
 from bdia.batching import Lane, Layout, advance, drive
 from bdia.cli import main
 from bdia.editing import Blender, Removal, attention_mask, dilate, fresh_state, localised, otsu_threshold
 from bdia.grid import LevelGrid
 from bdia.ops import invert_latent, regenerate, regenerating
 from bdia.params import EditParams, InversionParams
+from bdia.prompts import align
 
 SOURCE, TARGET = "a red circle on a grey background", "a blue circle on a grey background"
 
@@ -95,6 +96,20 @@ def test_control_changes_the_edit(tiny_model, z0):
     assert not torch.equal(swap, plain) and not torch.equal(swap, cross)  # only the swapped word is injected
 
 
+def test_swap_injects_the_swapped_words_and_the_kept_nouns(tiny_model, z0, monkeypatch):
+    made = []  # the edit's attention control (a spy on the real class)
+    real = editing.AttentionControl
+    monkeypatch.setattr(editing, "AttentionControl", lambda **fields: made.append(real(**fields)) or made[-1])
+    inv = inversion(tiny_model, z0, prompt="a red circle and a blue square on a grey background")
+    target = "a red circle and a green square on a grey background"
+    regenerate(tiny_model, inv, target, edit=EditParams(control="swap", mask_mode="none"))
+    alignment = align(tiny_model.tokenizer, inv.params.prompt, target)
+    words = list(zip(alignment.target_words, alignment.target_spans, strict=True))
+    injected = [w for w, span in words if made[0].alphas[span].all()]
+    assert injected == ["circle", "green", "background"]  # the swapped word and the kept phrases' nouns
+    assert not any(made[0].alphas[span].any() for w, span in words if w not in injected)
+
+
 def test_reconstruction_takes_the_plain_path_and_stays_bit_exact(tiny_model, z0):
     inv = inversion(tiny_model, z0)
     for prompt in (None, SOURCE):
@@ -154,8 +169,9 @@ def test_fresh_states_follow_the_ddim_marginal():
 class FixedMap:
     """An attention control stand-in whose captured maps are given."""
 
-    def __init__(self, m: torch.Tensor, kept: list[torch.Tensor] | None = None) -> None:
+    def __init__(self, m: torch.Tensor, kept: list[torch.Tensor] | None = None, added: bool = False) -> None:
         self.m, self.kept = m, kept or []
+        self.target_tokens = [5] if added else []  # blend words read from the target row: the edit adds an object
 
     def attention_map(self) -> torch.Tensor:
         return self.m
@@ -183,6 +199,20 @@ def test_the_mask_leaves_out_what_a_kept_phrase_holds():
     )
     blender = Blender(FixedMap(background, [large]), "auto", None, lambda level: None)
     assert blender.current() is None and blender.source == "global"
+
+
+def test_an_added_object_is_never_masked_over_a_kept_one():
+    kept = torch.zeros(1, 1, 16, 16)
+    kept[..., 4:10, 4:10] = 1.0
+    new = 0.1 * torch.ones(1, 1, 16, 16)
+    new[..., 4:10, 4:10] = 1.0  # the new noun attends most to the object already there …
+    new[..., 11:15, 0:4] = 0.6  # … and next most to a free corner
+    per_pixel = Blender(FixedMap(new, [kept]), "auto", None, lambda level: None).current()
+    assert per_pixel[..., 4:10, 4:10].any()  # an edit of existing objects: only where the kept map outweighs
+    mask = Blender(FixedMap(new, [kept], added=True), "auto", None, lambda level: None).current()
+    corner = torch.zeros_like(mask)
+    corner[..., 11:15, 0:4] = True
+    assert torch.equal(mask, dilate(corner) & ~dilate(kept > 0.5))  # the free corner, the kept object left whole
 
 
 def test_the_reported_mask_is_the_one_the_last_step_used():
