@@ -107,8 +107,13 @@ class AttentionControl:
         m = F.interpolate(
             (summed / self.counts[size])[None, None], size=self.latent_size, mode="bilinear", align_corners=False
         )
-        m = m - m.amin()
-        return m / m.amax().clamp_min(1e-12)
+        return min_max(m)
+
+
+def min_max(m: Tensor) -> Tensor:
+    """``m`` scaled to [0, 1] (a map's floor to 0, its peak to 1)."""
+    m = m - m.amin()
+    return m / m.amax().clamp_min(1e-12)
 
 
 @dataclass(frozen=True)
@@ -226,4 +231,4 @@ def controlled(unet: torch.nn.Module, groups: Sequence[Group]) -> Iterator[None]
         unet.set_attn_processor(saved)
 
 
-__all__ = ["AttentionControl", "ControlledProcessor", "Group", "controlled"]
+__all__ = ["AttentionControl", "ControlledProcessor", "Group", "controlled", "min_max"]

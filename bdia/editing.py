@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .attention import AttentionControl
+from .attention import AttentionControl, min_max
 from .errors import InvalidParameter
 from .grid import LevelGrid
 from .params import EditParams, InversionParams, check_gamma
@@ -98,17 +98,16 @@ def without_kept(mask: Tensor, m: Tensor, control: AttentionControl, threshold: 
     leave whole, and the mask is made again from ``m`` over the rest (the new noun's attention sits on the
     existing objects at first: docs/editing.md). An edit of existing objects loses the pixels a kept noun's map
     holds more than ``m``."""
-    kept = [k for k in control.kept_maps() if localised(k > otsu_threshold(k))]
+    kept = [(k, k > otsu_threshold(k)) for k in control.kept_maps()]
+    kept = [(k, region) for k, region in kept if localised(region)]
     if not kept:
         return mask
     if not control.target_tokens:
-        for k in kept:
+        for k, _ in kept:
             mask = mask & ~(k > m)
         return mask
-    objects = dilate(torch.stack([k > otsu_threshold(k) for k in kept]).any(0))
-    rest = torch.where(objects, torch.zeros_like(m), m)
-    rest = (rest - rest.amin()) / (rest.amax() - rest.amin()).clamp_min(1e-12)
-    return attention_mask(rest, threshold) & ~objects
+    objects = dilate(torch.stack([region for _, region in kept]).any(0))
+    return attention_mask(min_max(torch.where(objects, torch.zeros_like(m), m)), threshold) & ~objects
 
 
 @dataclass

@@ -50,8 +50,8 @@ from shapes import (
     scene_rng,
     validate,
 )
-from shapes.classifier import detect, edited_object
-from shapes.scenes import Scene, extent, grow
+from shapes.classifier import detect, edited_object, nearest_object
+from shapes.scenes import Scene, grow
 from shapes.train import CHECK_STREAM
 
 Tensor = torch.Tensor
@@ -96,6 +96,7 @@ METHODS: dict[str, Method] = {
     "target γ=1": Method(BDIA_EXACT, {}, gamma=1.0),
     "target γ=0.8": Method(BDIA_EXACT, {}, gamma=0.8),
 }
+ALL_KINDS = EDIT_KINDS + GLOBAL_EDIT_KINDS
 SWEEP_METHODS = ("DDIM inversion", "DDIM + P2P + blend", DEFAULT_ROW)
 MASK_DILATE = 2  # pixels the edit region grows by, for the mask and the background
 
@@ -187,11 +188,11 @@ def kept_iou(result: np.ndarray, edit: Edit, resolution: int) -> list[float]:
     out = []
     for shape in edit.kept_shapes:
         truth = Scene((shape,)).masks(resolution)[0] >= 0.5
-        near = [o for o in objects if math.dist(o.center, shape.center) <= extent(shape.size)]
-        if not near:
+        near = nearest_object(objects, shape)
+        if near is None:
             out.append(0.0)
             continue
-        found = min(near, key=lambda o: math.dist(o.center, shape.center)).mask >= 0.5
+        found = near.mask >= 0.5
         out.append(float((truth & found).sum() / max((truth | found).sum(), 1)))
     return out
 
@@ -271,8 +272,9 @@ def evaluate(
                     continue
                 m = r.mask.to(z.device)
                 add(name, "masked", [True])
-                add(name, "identical", [bool(torch.equal(torch.where(m, z, r.z0), z))])
-                add(name, "identical_local", [bool(torch.equal(torch.where(m, z, r.z0), z))] if local else [])
+                identical = bool(torch.equal(torch.where(m, z, r.z0), z))
+                add(name, "identical", [identical])
+                add(name, "identical_local", [identical] if local else [])
                 add(name, "background_identical_local", [background == 0] if local else [])
                 found = m[0, 0].cpu().numpy()
                 add(name, "mask_iou", [float((found & truth).sum() / max((found | truth).sum(), 1))])
@@ -425,9 +427,7 @@ def main(argv: Sequence[str] | None = None, echo: Callable[[str], None] = print)
     parser.add_argument(
         "--edit-guidance", type=float, default=None, help="the edits' (default: the model's edit default)"
     )
-    parser.add_argument(
-        "--kinds", default=",".join(EDIT_KINDS + GLOBAL_EDIT_KINDS), help="comma-separated edit kinds, taken in turn"
-    )
+    parser.add_argument("--kinds", default=",".join(ALL_KINDS), help="comma-separated edit kinds, taken in turn")
     parser.add_argument("--batch", type=int, default=50, help="scenes per network call")
     parser.add_argument("--samples", type=int, default=100, help="prompts for the sample-accuracy figure (0: skip)")
     parser.add_argument("--validate", type=int, default=200, help="ground-truth scenes for the classifier check")
@@ -449,8 +449,8 @@ def main(argv: Sequence[str] | None = None, echo: Callable[[str], None] = print)
     defaults = model.defaults.inversion(steps=args.steps, strength=args.strength, guidance_scale=args.guidance)
     args.steps, args.strength, args.guidance = defaults["steps"], defaults["strength"], defaults["guidance_scale"]
     kinds = tuple(k.strip() for k in args.kinds.split(","))
-    if unknown_kinds := set(kinds) - set(EDIT_KINDS + GLOBAL_EDIT_KINDS):
-        parser.error(f"unknown kinds {sorted(unknown_kinds)}; choose from {list(EDIT_KINDS + GLOBAL_EDIT_KINDS)}")
+    if unknown_kinds := set(kinds) - set(ALL_KINDS):
+        parser.error(f"unknown kinds {sorted(unknown_kinds)}; choose from {list(ALL_KINDS)}")
     edits = edit_benchmark(args.n, args.seed, kinds=kinds)
     methods = (
         [m.strip() for m in args.methods.split(",")] if args.methods else list(SWEEP_METHODS if args.sweep else METHODS)

@@ -12,6 +12,7 @@ from .classifier import (
     detect,
     edit_success,
     edited_object,
+    nearest_object,
     validate,
 )
 from .scenes import (
@@ -47,6 +48,7 @@ __all__ = [
     "edit_scene",
     "edit_success",
     "edited_object",
+    "nearest_object",
     "random_scene",
     "scene_rng",
     "validate",

@@ -230,10 +230,11 @@ def edited_object(image: np.ndarray | object, edit: Edit) -> DetectedObject | No
     if edit.kind == "add":
         return added_object(image, edit)
     before, after = edit.edited_shapes
-    return None if before is None or after is None else _nearest(detect(image).objects, after)
+    return None if before is None or after is None else nearest_object(detect(image).objects, after)
 
 
-def _nearest(objects: Sequence[DetectedObject], shape: Shape) -> DetectedObject | None:
+def nearest_object(objects: Sequence[DetectedObject], shape: Shape) -> DetectedObject | None:
+    """The object nearest ``shape``'s centre among those within its extent (None if there is none)."""
     near = [o for o in objects if math.dist(o.center, shape.center) <= extent(shape.size)]
     return min(near, key=lambda o: math.dist(o.center, shape.center)) if near else None
 
@@ -244,7 +245,7 @@ def edit_success(image: np.ndarray | object, edit: Edit) -> bool:
     if edit.kind == "add":
         return added_object(image, edit) is not None
     before, after = edit.edited_shapes
-    found = _nearest(detect(image).objects, after or before)
+    found = nearest_object(detect(image).objects, after or before)
     if after is None:
         return found is None
     return found is not None and found.colour == after.colour and found.kind == after.kind
